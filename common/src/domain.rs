@@ -1,0 +1,329 @@
+//! Parsed domain values shared by every service.
+//!
+//! Values are parsed once, at the HTTP or message edge; inside the system only these types
+//! travel, so a username with a control character or a negative quantity cannot exist past
+//! the edge. Money and stock are integers and every arithmetic step is checked.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a value was refused at the edge. `field` names the input, `problem` says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidValue {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl InvalidValue {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The id of an order, which is also the id of its saga. UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrderId(pub Uuid);
+
+impl OrderId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| InvalidValue::new("order_id", "not a UUID"))
+    }
+}
+
+impl Default for OrderId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for OrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A buyer's name: 1 to 64 characters, none of them control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Username(String);
+
+impl Username {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        let chars = s.chars().count();
+        if s.trim().is_empty() {
+            return Err(InvalidValue::new("username", "must not be empty"));
+        }
+        if chars > Self::MAX_CHARS {
+            return Err(InvalidValue::new(
+                "username",
+                format!("must be at most {} characters, got {chars}", Self::MAX_CHARS),
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err(InvalidValue::new(
+                "username",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Username {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<Username> for String {
+    fn from(u: Username) -> Self {
+        u.0
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An amount of credits (the marketplace's money): never negative, checked arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Credits(i64);
+
+impl Credits {
+    pub const ZERO: Credits = Credits(0);
+
+    pub fn new(value: i64) -> Result<Self, InvalidValue> {
+        if value < 0 {
+            return Err(InvalidValue::new("price", "must not be negative"));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// `self × quantity`, or an error when it does not fit in an i64.
+    pub fn times(self, quantity: Quantity) -> Result<Credits, InvalidValue> {
+        self.0
+            .checked_mul(quantity.get())
+            .map(Credits)
+            .ok_or_else(|| InvalidValue::new("price", "price × amount overflows a 64-bit integer"))
+    }
+}
+
+impl TryFrom<i64> for Credits {
+    type Error = InvalidValue;
+    fn try_from(v: i64) -> Result<Self, Self::Error> {
+        Self::new(v)
+    }
+}
+
+impl From<Credits> for i64 {
+    fn from(c: Credits) -> Self {
+        c.0
+    }
+}
+
+/// How many tokens an order buys: strictly positive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Quantity(i64);
+
+impl Quantity {
+    pub fn new(value: i64) -> Result<Self, InvalidValue> {
+        if value <= 0 {
+            return Err(InvalidValue::new("amount", "must be greater than 0"));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Quantity {
+    type Error = InvalidValue;
+    fn try_from(v: i64) -> Result<Self, Self::Error> {
+        Self::new(v)
+    }
+}
+
+impl From<Quantity> for i64 {
+    fn from(q: Quantity) -> Self {
+        q.0
+    }
+}
+
+/// What a buyer asked for. `total()` is always representable: `parse` refuses overflow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawTerms")]
+pub struct OrderTerms {
+    pub username: Username,
+    /// Price of one token, in credits.
+    pub price: Credits,
+    pub amount: Quantity,
+}
+
+#[derive(Deserialize)]
+struct RawTerms {
+    username: Username,
+    price: Credits,
+    amount: Quantity,
+}
+
+impl TryFrom<RawTerms> for OrderTerms {
+    type Error = InvalidValue;
+    fn try_from(r: RawTerms) -> Result<Self, Self::Error> {
+        Self::new(r.username, r.price, r.amount)
+    }
+}
+
+impl OrderTerms {
+    pub fn new(username: Username, price: Credits, amount: Quantity) -> Result<Self, InvalidValue> {
+        price.times(amount)?;
+        Ok(Self {
+            username,
+            price,
+            amount,
+        })
+    }
+
+    /// What the buyer is charged: price × amount.
+    pub fn total(&self) -> Credits {
+        self.price
+            .times(self.amount)
+            .expect("OrderTerms::new checked the product")
+    }
+}
+
+/// The single product the marketplace sells.
+pub const PRODUCT: &str = "late_token";
+
+/// An order's status as the compatibility contract names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderStatus {
+    Processing,
+    Success,
+    InsufficientFund,
+    InsufficientInventory,
+    Timeout,
+    Unknown,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 6] = [
+        OrderStatus::Processing,
+        OrderStatus::Success,
+        OrderStatus::InsufficientFund,
+        OrderStatus::InsufficientInventory,
+        OrderStatus::Timeout,
+        OrderStatus::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Processing => "PROCESSING",
+            OrderStatus::Success => "SUCCESS",
+            OrderStatus::InsufficientFund => "INSUFFICIENT_FUND",
+            OrderStatus::InsufficientInventory => "INSUFFICIENT_INVENTORY",
+            OrderStatus::Timeout => "TIMEOUT",
+            OrderStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| InvalidValue::new("status", format!("unknown status {s:?}")))
+    }
+
+    pub fn is_final(self) -> bool {
+        self != OrderStatus::Processing
+    }
+}
+
+impl fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_refuses_empty_long_and_control_characters() {
+        assert!(Username::parse("").is_err());
+        assert!(Username::parse("   ").is_err());
+        assert!(Username::parse("a".repeat(65)).is_err());
+        assert!(Username::parse("bad\nname").is_err());
+        assert!(Username::parse("é".repeat(64)).is_ok());
+        assert_eq!(Username::parse("alice").unwrap().as_str(), "alice");
+    }
+
+    #[test]
+    fn quantity_must_be_positive_and_price_not_negative() {
+        assert!(Quantity::new(0).is_err());
+        assert!(Quantity::new(-1).is_err());
+        assert!(Credits::new(-1).is_err());
+        assert!(Credits::new(0).is_ok());
+    }
+
+    #[test]
+    fn order_total_overflow_is_refused_naming_price() {
+        let u = Username::parse("bob").unwrap();
+        let err = OrderTerms::new(u.clone(), Credits::new(i64::MAX).unwrap(), Quantity::new(2).unwrap())
+            .unwrap_err();
+        assert_eq!(err.field, "price");
+        let ok = OrderTerms::new(u, Credits::new(7).unwrap(), Quantity::new(3).unwrap()).unwrap();
+        assert_eq!(ok.total().get(), 21);
+    }
+
+    #[test]
+    fn terms_refuse_invalid_values_when_decoded_from_a_message() {
+        let bad = r#"{"username":"x","price":-1,"amount":1}"#;
+        assert!(serde_json::from_str::<OrderTerms>(bad).is_err());
+        let overflow = format!(r#"{{"username":"x","price":{},"amount":2}}"#, i64::MAX);
+        assert!(serde_json::from_str::<OrderTerms>(&overflow).is_err());
+        let good = r#"{"username":"x","price":2,"amount":1}"#;
+        assert!(serde_json::from_str::<OrderTerms>(good).is_ok());
+    }
+
+    #[test]
+    fn status_round_trips_through_its_contract_name() {
+        for st in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(st.as_str()).unwrap(), st);
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
+    }
+}

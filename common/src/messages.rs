@@ -1,0 +1,354 @@
+//! The message contracts: every body that crosses RabbitMQ is one of these, as JSON.
+//!
+//! Each queue carries one enum, tagged by `"type"`, so a consumer decodes exactly what its
+//! queue may hold and anything else is a poison message (dead-lettered, never guessed at).
+//! Every message also carries, as AMQP properties, a unique `message_id` (the inbox key)
+//! and `correlation_id` = the order id (the saga id).
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{OrderId, OrderStatus, OrderTerms, Username};
+
+/// Every step of the purchase saga: five forward steps and four compensations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    CreateOrder,
+    ChargePayment,
+    ReserveStock,
+    ScheduleDelivery,
+    CompleteOrder,
+    CancelDelivery,
+    ReleaseStock,
+    RefundPayment,
+    RejectOrder,
+}
+
+/// The worker that owns a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Worker {
+    Order,
+    Payment,
+    Inventory,
+    Delivery,
+}
+
+impl Step {
+    /// The forward steps, in the order the saga runs them.
+    pub const FORWARD: [Step; 5] = [
+        Step::CreateOrder,
+        Step::ChargePayment,
+        Step::ReserveStock,
+        Step::ScheduleDelivery,
+        Step::CompleteOrder,
+    ];
+
+    pub const ALL: [Step; 9] = [
+        Step::CreateOrder,
+        Step::ChargePayment,
+        Step::ReserveStock,
+        Step::ScheduleDelivery,
+        Step::CompleteOrder,
+        Step::CancelDelivery,
+        Step::ReleaseStock,
+        Step::RefundPayment,
+        Step::RejectOrder,
+    ];
+
+    /// The name used in logs, the timeline and the API (`payment.charge`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::CreateOrder => "order.create",
+            Step::ChargePayment => "payment.charge",
+            Step::ReserveStock => "inventory.reserve",
+            Step::ScheduleDelivery => "delivery.schedule",
+            Step::CompleteOrder => "order.complete",
+            Step::CancelDelivery => "delivery.cancel",
+            Step::ReleaseStock => "inventory.release",
+            Step::RefundPayment => "payment.refund",
+            Step::RejectOrder => "order.reject",
+        }
+    }
+
+    pub fn worker(self) -> Worker {
+        match self {
+            Step::CreateOrder | Step::CompleteOrder | Step::RejectOrder => Worker::Order,
+            Step::ChargePayment | Step::RefundPayment => Worker::Payment,
+            Step::ReserveStock | Step::ReleaseStock => Worker::Inventory,
+            Step::ScheduleDelivery | Step::CancelDelivery => Worker::Delivery,
+        }
+    }
+
+    pub fn is_compensation(self) -> bool {
+        !Step::FORWARD.contains(&self)
+    }
+
+    /// The step that undoes this forward step's effect, if it has one to undo.
+    /// `order.create` has none here: `order.reject` always ends a failed saga instead.
+    pub fn compensation(self) -> Option<Step> {
+        match self {
+            Step::ChargePayment => Some(Step::RefundPayment),
+            Step::ReserveStock => Some(Step::ReleaseStock),
+            Step::ScheduleDelivery => Some(Step::CancelDelivery),
+            _ => None,
+        }
+    }
+}
+
+/// A failure the test suite asks a worker to simulate (see the compatibility contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Fail the step with an unexpected error, changing nothing.
+    Kill,
+    /// Stall past the step deadline, then run the step as usual (tombstones make it a no-op
+    /// when its compensation got there first).
+    Stall,
+}
+
+/// The fault flags of a purchase request, as the compatibility contract names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    pub kill_create: bool,
+    pub kill_payment: bool,
+    pub timeout_payment: bool,
+    pub kill_inventory: bool,
+    pub timeout_inventory: bool,
+    pub kill_deliver: bool,
+    pub timeout_deliver: bool,
+}
+
+impl Faults {
+    pub fn any(&self) -> bool {
+        *self != Faults::default()
+    }
+
+    /// The fault to inject into one step, if any. Kill wins over a stall on the same step.
+    pub fn for_step(&self, step: Step) -> Option<Fault> {
+        let (kill, stall) = match step {
+            Step::CreateOrder => (self.kill_create, false),
+            Step::ChargePayment => (self.kill_payment, self.timeout_payment),
+            Step::ReserveStock => (self.kill_inventory, self.timeout_inventory),
+            Step::ScheduleDelivery => (self.kill_deliver, self.timeout_deliver),
+            _ => (false, false),
+        };
+        if kill {
+            Some(Fault::Kill)
+        } else if stall {
+            Some(Fault::Stall)
+        } else {
+            None
+        }
+    }
+}
+
+/// A command from the manager to a worker: run `step` for `order_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepCommand {
+    pub order_id: OrderId,
+    pub step: Step,
+    pub terms: OrderTerms,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// For `order.reject`: the final status to record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_status: Option<OrderStatus>,
+}
+
+/// Why a worker refused a step for a business reason (not an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    InsufficientFunds,
+    InsufficientStock,
+}
+
+/// How a step ended, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum StepResult {
+    /// The step's effect is applied (or, for a compensation, undone or tombstoned).
+    Done,
+    /// Business refusal: nothing was applied.
+    Refused { reason: Refusal },
+    /// Unexpected failure: treat the step as possibly applied.
+    Failed { error: String },
+    /// A forward step that found its compensation's tombstone: nothing was applied.
+    Skipped,
+}
+
+/// A worker's reply to a `StepCommand`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepReply {
+    pub order_id: OrderId,
+    pub step: Step,
+    #[serde(flatten)]
+    pub result: StepResult,
+}
+
+/// The backend asks the manager to start a saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceOrder {
+    pub order_id: OrderId,
+    pub terms: OrderTerms,
+    #[serde(default)]
+    pub faults: Faults,
+    /// When the backend accepted the order (ms since the Unix epoch).
+    pub placed_at_ms: i64,
+}
+
+/// The dead-letter service tells the manager that a message of a saga was dead-lettered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLettered {
+    pub order_id: OrderId,
+    /// The step whose command or reply was dead-lettered, when it could be read.
+    pub step: Option<Step>,
+    pub dead_letter_id: String,
+    pub reason: String,
+}
+
+/// Everything the manager's queue may carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ManagerMessage {
+    PlaceOrder(PlaceOrder),
+    StepReply(StepReply),
+    DeadLettered(DeadLettered),
+}
+
+/// One line of an order's timeline: what happened to which step, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Position in the saga's history, from 1.
+    pub seq: i64,
+    pub at_ms: i64,
+    pub step: Step,
+    /// `sent`, `done`, `refused`, `failed`, `skipped`, `timed_out`, `dead_lettered`, `retried`.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The saga's state after a transition, as the read models see it. Carries the whole
+/// timeline, so a projection only keeps the highest `version` and needs no ordering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderUpdated {
+    pub order_id: OrderId,
+    pub terms: OrderTerms,
+    pub status: OrderStatus,
+    /// `running`, `compensating` or `done`.
+    pub phase: String,
+    /// True once `order.create` succeeded: only such orders are listed by
+    /// `/api/all-transaction` (the compatibility contract).
+    pub created: bool,
+    pub version: i64,
+    pub placed_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// A user's balance changed (published by payment; `version` orders the updates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditsChanged {
+    pub username: Username,
+    pub credits: i64,
+    pub version: i64,
+}
+
+/// A product's stock changed (published by inventory; `version` orders the updates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockChanged {
+    pub product: String,
+    pub stock: i64,
+    pub version: i64,
+}
+
+/// Everything published on the events exchange, for read models and analytics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    OrderUpdated(OrderUpdated),
+    CreditsChanged(CreditsChanged),
+    StockChanged(StockChanged),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Credits, Quantity};
+
+    fn terms() -> OrderTerms {
+        OrderTerms::new(
+            Username::parse("alice").unwrap(),
+            Credits::new(2).unwrap(),
+            Quantity::new(3).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_forward_step_but_create_and_complete_has_a_compensation_of_the_same_worker() {
+        for step in Step::FORWARD {
+            if let Some(c) = step.compensation() {
+                assert!(c.is_compensation());
+                assert_eq!(c.worker(), step.worker());
+            }
+        }
+        assert_eq!(Step::CreateOrder.compensation(), None);
+        assert_eq!(Step::CompleteOrder.compensation(), None);
+    }
+
+    #[test]
+    fn kill_wins_over_stall_and_flags_map_to_their_steps() {
+        let f = Faults {
+            kill_payment: true,
+            timeout_payment: true,
+            timeout_deliver: true,
+            ..Faults::default()
+        };
+        assert_eq!(f.for_step(Step::ChargePayment), Some(Fault::Kill));
+        assert_eq!(f.for_step(Step::ScheduleDelivery), Some(Fault::Stall));
+        assert_eq!(f.for_step(Step::ReserveStock), None);
+        assert_eq!(f.for_step(Step::RefundPayment), None);
+    }
+
+    #[test]
+    fn manager_messages_round_trip_as_tagged_json() {
+        let reply = ManagerMessage::StepReply(StepReply {
+            order_id: OrderId::new(),
+            step: Step::ChargePayment,
+            result: StepResult::Refused {
+                reason: Refusal::InsufficientFunds,
+            },
+        });
+        let json = serde_json::to_string(&reply).unwrap();
+        assert!(json.contains(r#""type":"step_reply""#), "{json}");
+        assert!(json.contains(r#""result":"refused""#), "{json}");
+        assert_eq!(serde_json::from_str::<ManagerMessage>(&json).unwrap(), reply);
+
+        let place = ManagerMessage::PlaceOrder(PlaceOrder {
+            order_id: OrderId::new(),
+            terms: terms(),
+            faults: Faults::default(),
+            placed_at_ms: 1,
+        });
+        let json = serde_json::to_string(&place).unwrap();
+        assert_eq!(serde_json::from_str::<ManagerMessage>(&json).unwrap(), place);
+    }
+
+    #[test]
+    fn a_message_of_another_queue_does_not_decode() {
+        let cmd = StepCommand {
+            order_id: OrderId::new(),
+            step: Step::CreateOrder,
+            terms: terms(),
+            fault: None,
+            reject_status: None,
+        };
+        let json = serde_json::to_string(&cmd).unwrap();
+        assert!(serde_json::from_str::<ManagerMessage>(&json).is_err());
+        assert!(serde_json::from_str::<Event>(&json).is_err());
+    }
+}

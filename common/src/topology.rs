@@ -1,0 +1,120 @@
+//! Exchange, queue and routing-key names, in one place, and the declaration of them.
+//!
+//! Every service declares the whole topology at start (declarations are idempotent), so the
+//! services can start in any order and a message published before its consumer exists is
+//! still queued.
+
+use crate::messages::{Step, Worker};
+
+/// Topic exchange for commands, replies and requests between services.
+pub const EXCHANGE: &str = "marketplace";
+/// Topic exchange for events consumed by read models and analytics.
+pub const EVENTS_EXCHANGE: &str = "marketplace.events";
+/// Fanout exchange every queue dead-letters into.
+pub const DLX_EXCHANGE: &str = "marketplace.dlx";
+
+pub const MANAGER_QUEUE: &str = "manager";
+pub const ORDER_QUEUE: &str = "order";
+pub const PAYMENT_QUEUE: &str = "payment";
+pub const INVENTORY_QUEUE: &str = "inventory";
+pub const DELIVERY_QUEUE: &str = "delivery";
+pub const BACKEND_EVENTS_QUEUE: &str = "backend.events";
+pub const ANALYTICS_QUEUE: &str = "analytics.sales";
+pub const DEAD_LETTER_QUEUE: &str = "dead-letter";
+
+/// Routing keys on [`EXCHANGE`].
+pub const RK_PLACE_ORDER: &str = "manager.place-order";
+pub const RK_STEP_REPLY: &str = "manager.step-reply";
+pub const RK_DEAD_LETTERED: &str = "manager.dead-lettered";
+/// Routing keys on [`EVENTS_EXCHANGE`].
+pub const RK_ORDER_UPDATED: &str = "event.order-updated";
+pub const RK_CREDITS_CHANGED: &str = "event.credits-changed";
+pub const RK_STOCK_CHANGED: &str = "event.stock-changed";
+
+/// How many times a message may be delivered before the broker dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// The routing key of the commands for a worker.
+pub fn command_key(worker: Worker) -> &'static str {
+    match worker {
+        Worker::Order => "command.order",
+        Worker::Payment => "command.payment",
+        Worker::Inventory => "command.inventory",
+        Worker::Delivery => "command.delivery",
+    }
+}
+
+/// The routing key of the command for one step.
+pub fn step_key(step: Step) -> &'static str {
+    command_key(step.worker())
+}
+
+pub fn worker_queue(worker: Worker) -> &'static str {
+    match worker {
+        Worker::Order => ORDER_QUEUE,
+        Worker::Payment => PAYMENT_QUEUE,
+        Worker::Inventory => INVENTORY_QUEUE,
+        Worker::Delivery => DELIVERY_QUEUE,
+    }
+}
+
+/// One queue of the topology and what it is bound to.
+pub struct QueueSpec {
+    pub name: &'static str,
+    pub exchange: &'static str,
+    pub bindings: &'static [&'static str],
+    /// Whether rejected, expired and over-limit messages go to the dead-letter exchange.
+    /// False only for the dead-letter queue itself, which must never drop what it holds.
+    pub dead_letters: bool,
+}
+
+pub const QUEUES: &[QueueSpec] = &[
+    QueueSpec {
+        name: MANAGER_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &[RK_PLACE_ORDER, RK_STEP_REPLY, RK_DEAD_LETTERED],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: ORDER_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &["command.order"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: PAYMENT_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &["command.payment"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: INVENTORY_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &["command.inventory"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: DELIVERY_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &["command.delivery"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: BACKEND_EVENTS_QUEUE,
+        exchange: EVENTS_EXCHANGE,
+        bindings: &["event.#"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: ANALYTICS_QUEUE,
+        exchange: EVENTS_EXCHANGE,
+        bindings: &[RK_ORDER_UPDATED],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: DEAD_LETTER_QUEUE,
+        exchange: DLX_EXCHANGE,
+        bindings: &[""],
+        dead_letters: false,
+    },
+];
