@@ -1,1 +1,65 @@
-fn main() {}
+//! `marketplace [TARGET]`: one binary for every service. `all` (the default) runs them all
+//! in one process; any other target runs one service, as one container would.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use common::{config::Config, shutdown::Shutdown};
+use marketplace::TARGETS;
+
+fn help() -> String {
+    let mut s = String::from(
+        "marketplace: a saga-orchestrated order marketplace over RabbitMQ\n\n\
+         Usage: marketplace [TARGET]\n\nTargets:\n",
+    );
+    for (name, what) in TARGETS {
+        s.push_str(&format!("  {name:<12} {what}\n"));
+    }
+    s.push_str("\nEnvironment:\n");
+    for (name, default, what) in common::config::VARIABLES {
+        s.push_str(&format!("  {name:<26} {what} [default: {default}]\n"));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let target = match args.as_slice() {
+        [] => "all".to_string(),
+        [flag] if flag == "-h" || flag == "--help" || flag == "help" => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
+        _ => {
+            eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("marketplace: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    common::telemetry::init(&format!("marketplace-{target}"));
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(&target, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "marketplace stopped with an error");
+            eprintln!("marketplace: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(target: &str, config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    common::shutdown::cancel_on_signal(shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
+    marketplace::serve(target, config, listener, shutdown).await
+}

@@ -72,7 +72,10 @@ impl Username {
         if chars > Self::MAX_CHARS {
             return Err(InvalidValue::new(
                 "username",
-                format!("must be at most {} characters, got {chars}", Self::MAX_CHARS),
+                format!(
+                    "must be at most {} characters, got {chars}",
+                    Self::MAX_CHARS
+                ),
             ));
         }
         if s.chars().any(char::is_control) {
@@ -301,8 +304,12 @@ mod tests {
     #[test]
     fn order_total_overflow_is_refused_naming_price() {
         let u = Username::parse("bob").unwrap();
-        let err = OrderTerms::new(u.clone(), Credits::new(i64::MAX).unwrap(), Quantity::new(2).unwrap())
-            .unwrap_err();
+        let err = OrderTerms::new(
+            u.clone(),
+            Credits::new(i64::MAX).unwrap(),
+            Quantity::new(2).unwrap(),
+        )
+        .unwrap_err();
         assert_eq!(err.field, "price");
         let ok = OrderTerms::new(u, Credits::new(7).unwrap(), Quantity::new(3).unwrap()).unwrap();
         assert_eq!(ok.total().get(), 21);

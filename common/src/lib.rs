@@ -1,6 +1,18 @@
 //! Shared by every service: the message contracts, the domain values they carry, and the
 //! runtime around them (bus, storage, outbox/inbox, configuration, telemetry).
 
+pub mod backoff;
+pub mod bus;
+pub mod config;
+pub mod db;
 pub mod domain;
+pub mod health;
+pub mod inbox;
 pub mod messages;
+pub mod outbox;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
 pub mod topology;
+pub mod worker;

@@ -326,7 +326,10 @@ mod tests {
         let json = serde_json::to_string(&reply).unwrap();
         assert!(json.contains(r#""type":"step_reply""#), "{json}");
         assert!(json.contains(r#""result":"refused""#), "{json}");
-        assert_eq!(serde_json::from_str::<ManagerMessage>(&json).unwrap(), reply);
+        assert_eq!(
+            serde_json::from_str::<ManagerMessage>(&json).unwrap(),
+            reply
+        );
 
         let place = ManagerMessage::PlaceOrder(PlaceOrder {
             order_id: OrderId::new(),
@@ -335,7 +338,10 @@ mod tests {
             placed_at_ms: 1,
         });
         let json = serde_json::to_string(&place).unwrap();
-        assert_eq!(serde_json::from_str::<ManagerMessage>(&json).unwrap(), place);
+        assert_eq!(
+            serde_json::from_str::<ManagerMessage>(&json).unwrap(),
+            place
+        );
     }
 
     #[test]

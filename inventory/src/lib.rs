@@ -1,1 +1,28 @@
+//! The inventory worker: stock of `late_token`. `inventory.reserve` takes `amount` off the
+//! stock (atomically, never below zero), `inventory.release` puts it back or leaves a
+//! tombstone.
 
+mod store;
+
+use std::time::Duration;
+
+use common::{bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, worker};
+
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub use store::Inventory;
+
+/// Opens the inventory database (stocking the product on first start) and starts
+/// consuming inventory commands.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+    let db = Db::open(&config, "inventory", &MIGRATIONS, &shutdown).await?;
+    store::stock_product(&db, config.initial_stock).await?;
+    let broker = Broker::start(&config.amqp_url, "inventory", shutdown.clone());
+    let handler = worker::StepHandler {
+        logic: Inventory,
+        db: db.clone(),
+        stall: Duration::from_millis(config.fault_stall_ms as u64),
+    };
+    let parts = vec![worker::consume(handler, broker.clone(), shutdown.clone())];
+    Ok(service::spawn("inventory", db, broker, parts, &shutdown))
+}

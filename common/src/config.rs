@@ -1,0 +1,284 @@
+//! Configuration from environment variables. An invalid value stops the start with a
+//! message naming the variable; secrets (the AMQP and database URLs) are never logged whole.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+/// Every knob of the marketplace. One struct for every target: they share most of it, and
+/// `marketplace all` must configure every service from one environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// RabbitMQ; the vhost in the URL is honoured, which is how tests isolate themselves.
+    pub amqp_url: String,
+    /// Where the backend serves its API, and every other target its health endpoints.
+    pub http_addr: SocketAddr,
+    /// Directory of the SQLite files, one per service (used when `database_url` is unset).
+    pub data_dir: PathBuf,
+    /// `postgres://…`: PostgreSQL instead of SQLite, one schema per service.
+    pub database_url: Option<String>,
+    /// How long the manager waits for a step's reply before it times the step out.
+    pub step_timeout_ms: i64,
+    /// Cap of the backoff between retries of a compensation (they never expire).
+    pub max_retry_ms: i64,
+    /// Credits of a user seen for the first time.
+    pub initial_credits: i64,
+    /// Stock of `late_token` when the inventory starts empty.
+    pub initial_stock: i64,
+    /// Whether the purchase API honours the test suite's fault flags.
+    pub fault_injection: bool,
+    /// How long a `timeout_<step>` fault stalls its worker (default: twice the step timeout).
+    pub fault_stall_ms: i64,
+    /// SIGTERM: how long in-flight work may take to drain before the process exits anyway.
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// `(variable, default, meaning)` of every variable, for `--help` and the README.
+pub const VARIABLES: &[(&str, &str, &str)] = &[
+    (
+        "AMQP_URL",
+        DEFAULT_AMQP_URL,
+        "RabbitMQ URL; its vhost is honoured",
+    ),
+    (
+        "HTTP_ADDR",
+        "0.0.0.0:8000",
+        "HTTP listen address (API on backend/all, health elsewhere)",
+    ),
+    (
+        "DATA_DIR",
+        "./data",
+        "directory of the SQLite files (one per service)",
+    ),
+    (
+        "DATABASE_URL",
+        "(unset: SQLite)",
+        "postgres://… to use PostgreSQL, one schema per service",
+    ),
+    ("STEP_TIMEOUT_MS", "1000", "deadline of each saga step"),
+    (
+        "COMPENSATION_MAX_RETRY_MS",
+        "30000",
+        "cap of the backoff between compensation retries",
+    ),
+    ("INITIAL_CREDITS", "500", "credits of a new user"),
+    ("INITIAL_STOCK", "500", "initial stock of late_token"),
+    (
+        "FAULT_INJECTION",
+        "on",
+        "honour the purchase fault flags (on|off)",
+    ),
+    (
+        "FAULT_STALL_MS",
+        "2 x STEP_TIMEOUT_MS",
+        "how long a timeout_<step> flag stalls its worker",
+    ),
+    (
+        "SHUTDOWN_TIMEOUT_MS",
+        "10000",
+        "bound on draining in-flight work at SIGTERM",
+    ),
+    ("RUST_LOG", "info", "log filter"),
+    ("LOG_FORMAT", "text", "text or json"),
+];
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup`, so tests need not touch the process env.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let amqp_url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(err(
+                "AMQP_URL",
+                &redact(&amqp_url),
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        let http_addr = parse(
+            "HTTP_ADDR",
+            var("HTTP_ADDR"),
+            "0.0.0.0:8000".parse().unwrap(),
+        )?;
+        let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let database_url = var("DATABASE_URL");
+        if let Some(url) = &database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(err(
+                "DATABASE_URL",
+                &redact(url),
+                "must be a postgres:// URL (leave it unset for SQLite under DATA_DIR)",
+            ));
+        }
+        let step_timeout_ms = positive("STEP_TIMEOUT_MS", var("STEP_TIMEOUT_MS"), 1000)?;
+        let max_retry_ms = positive(
+            "COMPENSATION_MAX_RETRY_MS",
+            var("COMPENSATION_MAX_RETRY_MS"),
+            30_000,
+        )?;
+        let initial_credits = non_negative("INITIAL_CREDITS", var("INITIAL_CREDITS"), 500)?;
+        let initial_stock = non_negative("INITIAL_STOCK", var("INITIAL_STOCK"), 500)?;
+        let fault_injection = switch("FAULT_INJECTION", var("FAULT_INJECTION"), true)?;
+        let fault_stall_ms = positive(
+            "FAULT_STALL_MS",
+            var("FAULT_STALL_MS"),
+            step_timeout_ms.saturating_mul(2),
+        )?;
+        let shutdown_ms = positive("SHUTDOWN_TIMEOUT_MS", var("SHUTDOWN_TIMEOUT_MS"), 10_000)?;
+        Ok(Self {
+            amqp_url,
+            http_addr,
+            data_dir,
+            database_url,
+            step_timeout_ms,
+            max_retry_ms,
+            initial_credits,
+            initial_stock,
+            fault_injection,
+            fault_stall_ms,
+            shutdown_timeout: Duration::from_millis(shutdown_ms as u64),
+        })
+    }
+}
+
+/// A URL with its password replaced, fit for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn err(variable: &'static str, value: &str, problem: &str) -> ConfigError {
+    ConfigError {
+        variable,
+        value: value.to_string(),
+        problem: problem.to_string(),
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    name: &'static str,
+    raw: Option<String>,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match raw {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| err(name, &v, &e.to_string())),
+    }
+}
+
+fn positive(name: &'static str, raw: Option<String>, default: i64) -> Result<i64, ConfigError> {
+    let v = parse(name, raw.clone(), default)?;
+    if v <= 0 {
+        return Err(err(
+            name,
+            &raw.unwrap_or_default(),
+            "must be a positive integer",
+        ));
+    }
+    Ok(v)
+}
+
+fn non_negative(name: &'static str, raw: Option<String>, default: i64) -> Result<i64, ConfigError> {
+    let v = parse(name, raw.clone(), default)?;
+    if v < 0 {
+        return Err(err(name, &raw.unwrap_or_default(), "must not be negative"));
+    }
+    Ok(v)
+}
+
+fn switch(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match raw.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) => match v.as_str() {
+            "on" | "true" | "1" | "yes" => Ok(true),
+            "off" | "false" | "0" | "no" => Ok(false),
+            _ => Err(err(name, &v, "must be on or off")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8000");
+        assert_eq!(c.step_timeout_ms, 1000);
+        assert_eq!(c.fault_stall_ms, 2000);
+        assert_eq!((c.initial_credits, c.initial_stock), (500, 500));
+        assert!(c.fault_injection);
+        assert!(c.database_url.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        for (name, value) in [
+            ("STEP_TIMEOUT_MS", "soon"),
+            ("STEP_TIMEOUT_MS", "0"),
+            ("INITIAL_CREDITS", "-5"),
+            ("FAULT_INJECTION", "maybe"),
+            ("HTTP_ADDR", "localhost"),
+            ("AMQP_URL", "http://x"),
+            ("DATABASE_URL", "mysql://x"),
+        ] {
+            let e = config(&[(name, value)]).unwrap_err();
+            assert_eq!(e.variable, name);
+            assert!(e.to_string().contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn fault_injection_can_be_switched_off() {
+        assert!(
+            !config(&[("FAULT_INJECTION", "off")])
+                .unwrap()
+                .fault_injection
+        );
+    }
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/v"),
+            "amqp://guest:***@host:5672/v"
+        );
+        assert_eq!(redact("postgres://host/db"), "postgres://host/db");
+    }
+}

@@ -1,0 +1,193 @@
+//! Storage: one database per service, SQLite (default) or PostgreSQL, through `sqlx::Any`.
+//!
+//! Queries are written once in the SQL both understand: `$1` placeholders, `ON CONFLICT`,
+//! `RETURNING`, BIGINT for money and times, TEXT for ids. The differences live here:
+//! SQLite gets one file per service under DATA_DIR (WAL) and a single connection, so write
+//! transactions queue in-process instead of failing with SQLITE_BUSY; PostgreSQL gets one
+//! schema per service (`search_path`), so one database can hold them all.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use sqlx::{Any, AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};
+use tokio::sync::Notify;
+
+use crate::{backoff::Backoff, config::Config, config::redact, shutdown::Shutdown};
+
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+static COMMON_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A service's database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    /// Rung after a commit that wrote to the outbox, so the relay publishes at once.
+    outbox_wake: Arc<Notify>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database of `service` and runs the shared and the
+    /// service's migrations. Retries with backoff while the database is unreachable.
+    pub async fn open(
+        config: &Config,
+        service: &str,
+        migrations: &'static Migrator,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match Self::try_open(config, service, migrations).await {
+                Ok(db) => return Ok(db),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(service, error = %format!("{e:#}"), ?delay, "database not ready, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(e.context("shut down before the database was ready")),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_open(
+        config: &Config,
+        service: &str,
+        migrations: &'static Migrator,
+    ) -> anyhow::Result<Db> {
+        let (pool, backend) = match &config.database_url {
+            Some(url) => (
+                open_postgres(url, &schema_name(service)).await?,
+                Backend::Postgres,
+            ),
+            None => {
+                std::fs::create_dir_all(&config.data_dir)
+                    .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
+                let path = config.data_dir.join(format!("{service}.db"));
+                (open_sqlite(&path).await?, Backend::Sqlite)
+            }
+        };
+        migrate(&pool, &COMMON_MIGRATIONS)
+            .await
+            .context("shared migrations")?;
+        migrate(&pool, migrations)
+            .await
+            .with_context(|| format!("{service} migrations"))?;
+        Ok(Db {
+            pool,
+            backend,
+            outbox_wake: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Begins a write transaction. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so a transaction never fails half-way on a lock upgrade.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Tells the outbox relay that a committed transaction left messages to publish.
+    pub fn wake_outbox(&self) {
+        self.outbox_wake.notify_one();
+    }
+
+    pub(crate) fn outbox_wake(&self) -> Arc<Notify> {
+        self.outbox_wake.clone()
+    }
+
+    /// Whether the database answers, for `/readyz`.
+    pub async fn ping(&self) -> bool {
+        tokio::time::timeout(Duration::from_secs(2), self.pool.execute("SELECT 1"))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// PostgreSQL identifiers cannot hold `-`.
+fn schema_name(service: &str) -> String {
+    service.replace('-', "_")
+}
+
+async fn open_sqlite(path: &std::path::Path) -> anyhow::Result<AnyPool> {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // WAL + NORMAL survives a process crash (SIGKILL) without losing a commit;
+                // only an OS crash may lose the last transactions.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await
+        .with_context(|| format!("opening SQLite database {}", path.display()))
+}
+
+async fn open_postgres(url: &str, schema: &str) -> anyhow::Result<AnyPool> {
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    let set_path = format!("SET search_path TO \"{schema}\"");
+    {
+        let setup = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(url)))?;
+        // Two services may race to create their schemas in a fresh database.
+        if let Err(e) = setup.execute(sqlx::AssertSqlSafe(create.clone())).await
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e).context("creating schema");
+        }
+        setup.close().await;
+    }
+    AnyPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _meta| {
+            let set_path = set_path.clone();
+            Box::pin(async move {
+                conn.execute(sqlx::AssertSqlSafe(set_path)).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(url)))
+}
+
+async fn migrate(pool: &AnyPool, migrator: &'static Migrator) -> anyhow::Result<()> {
+    // The shared and the service migrations live in one table: each must ignore the other's.
+    let mut m = Migrator {
+        migrations: migrator.migrations.clone(),
+        ..Migrator::DEFAULT
+    };
+    m.set_ignore_missing(true);
+    m.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The shape every service shares: consumers and an outbox relay over one database and one
+//! broker connection, started together and drained together.
+
+use std::{future::Future, pin::Pin};
+
+use tokio::task::JoinHandle;
+
+use crate::{bus::Broker, db::Db, outbox, shutdown::Shutdown};
+
+pub type Part = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A started service, as `main` sees it: a readiness probe and a task that ends after the
+/// service has drained (consumers finished, outbox flushed, connection closed).
+pub struct Running {
+    pub name: &'static str,
+    pub readiness: Readiness,
+    pub task: JoinHandle<()>,
+}
+
+/// What `/readyz` asks of a service.
+#[derive(Clone)]
+pub struct Readiness {
+    pub name: &'static str,
+    pub db: Db,
+    pub broker: Broker,
+}
+
+impl Readiness {
+    /// `(rabbitmq reachable, database reachable)`.
+    pub async fn check(&self) -> (bool, bool) {
+        (self.broker.is_connected(), self.db.ping().await)
+    }
+}
+
+/// Starts `parts` (consumers, timers: each returns once `shutdown` fired and its work in
+/// flight is done) and the outbox relay. The relay stops only after every part: handlers
+/// still draining write to the outbox, and their messages must leave before the exit.
+pub fn spawn(
+    name: &'static str,
+    db: Db,
+    broker: Broker,
+    parts: Vec<Part>,
+    _shutdown: &Shutdown,
+) -> Running {
+    let relay_stop = Shutdown::new();
+    let relay = tokio::spawn(outbox::relay(
+        db.clone(),
+        broker.clone(),
+        relay_stop.clone(),
+    ));
+    let readiness = Readiness {
+        name,
+        db: db.clone(),
+        broker: broker.clone(),
+    };
+    let task = tokio::spawn(async move {
+        futures::future::join_all(parts).await;
+        relay_stop.cancel();
+        let _ = relay.await;
+        if let Some(conn) = broker.try_connection() {
+            let _ = conn.close(200, "shutting down".into()).await;
+        }
+        db.pool().close().await;
+        tracing::info!(service = name, "stopped");
+    });
+    Running {
+        name,
+        readiness,
+        task,
+    }
+}

@@ -1,0 +1,162 @@
+//! Reservations and releases: the only SQL of the inventory worker. Same claim-first
+//! pattern as payment (see payment/src/store.rs): the first writer of an order's
+//! reservation row decides, and a release before its reserve leaves a tombstone.
+
+use anyhow::Context;
+use common::{
+    bus::HandlerError,
+    db::{Db, Tx},
+    domain::PRODUCT,
+    messages::{Event, Refusal, Step, StepCommand, StepResult, StockChanged, Worker},
+    outbox,
+    time::now_ms,
+    topology,
+    worker::StepLogic,
+};
+use sqlx::Row;
+
+pub struct Inventory;
+
+impl StepLogic for Inventory {
+    const WORKER: Worker = Worker::Inventory;
+
+    async fn apply(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+        match cmd.step {
+            Step::ReserveStock => reserve(tx, cmd).await,
+            Step::ReleaseStock => release(tx, cmd).await,
+            other => unreachable!("StepHandler routes only inventory steps, got {other:?}"),
+        }
+    }
+}
+
+/// Creates the product with `initial_stock` if it does not exist, and announces the
+/// current stock (every start: the read models may be new).
+pub async fn stock_product(db: &Db, initial_stock: i64) -> anyhow::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("INSERT INTO products (product, stock, version) VALUES ($1, $2, 0) ON CONFLICT (product) DO NOTHING")
+        .bind(PRODUCT)
+        .bind(initial_stock)
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query("SELECT stock, version FROM products WHERE product = $1")
+        .bind(PRODUCT)
+        .fetch_one(&mut *tx)
+        .await?;
+    publish_stock(&mut tx, row.try_get("stock")?, row.try_get("version")?)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tx.commit().await.context("stocking the product")?;
+    db.wake_outbox();
+    Ok(())
+}
+
+async fn reserve(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    let order_id = cmd.order_id.to_string();
+    let amount = cmd.terms.amount.get();
+    if !claim(tx, &order_id, amount, "RESERVED").await? {
+        return Ok(earlier_answer(tx, &order_id).await?);
+    }
+    let taken = sqlx::query(
+        "UPDATE products SET stock = stock - $1, version = version + 1 \
+         WHERE product = $2 AND stock >= $1 RETURNING stock, version",
+    )
+    .bind(amount)
+    .bind(PRODUCT)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match taken {
+        Some(row) => {
+            publish_stock(tx, row.try_get("stock")?, row.try_get("version")?).await?;
+            Ok(StepResult::Done)
+        }
+        None => {
+            sqlx::query("UPDATE reservations SET status = 'REFUSED', updated_at_ms = $2 WHERE order_id = $1")
+                .bind(&order_id)
+                .bind(now_ms())
+                .execute(&mut **tx)
+                .await?;
+            Ok(StepResult::Refused {
+                reason: Refusal::InsufficientStock,
+            })
+        }
+    }
+}
+
+async fn release(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    let order_id = cmd.order_id.to_string();
+    if claim(tx, &order_id, cmd.terms.amount.get(), "CANCELLED").await? {
+        return Ok(StepResult::Done); // tombstone
+    }
+    let released = sqlx::query(
+        "UPDATE reservations SET status = 'RELEASED', updated_at_ms = $2 \
+         WHERE order_id = $1 AND status = 'RESERVED' RETURNING amount",
+    )
+    .bind(&order_id)
+    .bind(now_ms())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = released {
+        let amount: i64 = row.try_get("amount")?;
+        let stock = sqlx::query(
+            "UPDATE products SET stock = stock + $1, version = version + 1 WHERE product = $2 RETURNING stock, version",
+        )
+        .bind(amount)
+        .bind(PRODUCT)
+        .fetch_one(&mut **tx)
+        .await?;
+        publish_stock(tx, stock.try_get("stock")?, stock.try_get("version")?).await?;
+    }
+    Ok(StepResult::Done)
+}
+
+async fn claim(
+    tx: &mut Tx,
+    order_id: &str,
+    amount: i64,
+    status: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO reservations (order_id, product, amount, status, updated_at_ms) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(PRODUCT)
+    .bind(amount)
+    .bind(status)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn earlier_answer(tx: &mut Tx, order_id: &str) -> Result<StepResult, sqlx::Error> {
+    let status: String = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("status")?;
+    Ok(match status.as_str() {
+        "RESERVED" => StepResult::Done,
+        "REFUSED" => StepResult::Refused {
+            reason: Refusal::InsufficientStock,
+        },
+        _ => StepResult::Skipped,
+    })
+}
+
+async fn publish_stock(tx: &mut Tx, stock: i64, version: i64) -> Result<(), sqlx::Error> {
+    let event = Event::StockChanged(StockChanged {
+        product: PRODUCT.to_string(),
+        stock,
+        version,
+    });
+    outbox::enqueue(
+        tx,
+        topology::EVENTS_EXCHANGE,
+        topology::RK_STOCK_CHANGED,
+        None,
+        &event,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! The marketplace as a library: which services a target runs, and how they are composed
+//! behind one HTTP listener. `main.rs` parses the command line; tests call [`serve`]
+//! directly to run the whole system in-process.
+
+use anyhow::Context;
+use common::{config::Config, health, service::Running, shutdown::Shutdown};
+use tokio::net::TcpListener;
+
+/// Every target and what it runs.
+pub const TARGETS: &[(&str, &str)] = &[
+    ("all", "every service below in one process (default)"),
+    ("backend", "HTTP API, Swagger UI, read models, analytics"),
+    ("manager", "saga orchestrator"),
+    ("order", "order worker"),
+    ("payment", "payment worker (users' credits)"),
+    ("inventory", "inventory worker (stock of late_token)"),
+    ("delivery", "delivery worker"),
+    ("dead-letter", "dead-letter store"),
+];
+
+/// Runs `target` until `shutdown`, serving HTTP on `listener`, then drains within
+/// `config.shutdown_timeout`.
+pub async fn serve(
+    target: &str,
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        TARGETS.iter().any(|(t, _)| *t == target),
+        "unknown target {target:?}"
+    );
+    let everything = target == "all";
+    let wants = |name: &str| everything || target == name;
+
+    let mut services: Vec<Running> = Vec::new();
+    let mut router = axum::Router::new();
+    // Consumers of other services' messages first, so nothing waits in a queue needlessly.
+    if wants("order") {
+        services.push(
+            order::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting order")?,
+        );
+    }
+    if wants("payment") {
+        services.push(
+            payment::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting payment")?,
+        );
+    }
+    if wants("inventory") {
+        services.push(
+            inventory::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting inventory")?,
+        );
+    }
+    if wants("delivery") {
+        services.push(
+            delivery::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting delivery")?,
+        );
+    }
+    if wants("dead-letter") {
+        services.push(
+            dead_letter::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting dead-letter")?,
+        );
+    }
+    if wants("manager") {
+        services.push(
+            manager::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting manager")?,
+        );
+    }
+    if wants("backend") {
+        let (running, api) = backend::start(config.clone(), shutdown.clone())
+            .await
+            .context("starting backend")?;
+        services.push(running);
+        router = router.merge(api);
+    }
+    router = router.merge(health::router(
+        services.iter().map(|s| s.readiness.clone()).collect(),
+    ));
+
+    tracing::info!(target, addr = %listener.local_addr()?, "marketplace listening");
+    let http = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    shutdown.cancelled().await;
+    let drain = async {
+        let _ = http.await;
+        futures::future::join_all(services.into_iter().map(|s| s.task)).await;
+    };
+    match tokio::time::timeout(config.shutdown_timeout, drain).await {
+        Ok(()) => {
+            tracing::info!("drained; bye");
+            Ok(())
+        }
+        Err(_) => anyhow::bail!(
+            "work still in flight after SHUTDOWN_TIMEOUT_MS; exiting anyway (unacked messages will be redelivered)"
+        ),
+    }
+}

@@ -1,0 +1,428 @@
+//! Test support: a marketplace of its own per test (own vhost, own data, own port), and the
+//! scenarios every deployment shape must pass.
+
+#![allow(dead_code)]
+
+use std::{collections::HashMap, process::Command, time::Duration};
+
+use common::{config::Config, shutdown::Shutdown};
+use serde_json::{Value, json};
+
+/// A RabbitMQ vhost that exists for the life of the value.
+pub struct Vhost {
+    pub name: String,
+}
+
+impl Vhost {
+    pub fn create() -> Vhost {
+        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Vhost { name }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL database that exists for the life of the value.
+pub struct PgDatabase {
+    pub name: String,
+}
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        PgDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                PG_ADMIN_URL,
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .args([PG_ADMIN_URL, "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Environment for a test marketplace; `extra` overrides.
+pub fn environment(
+    vhost: &Vhost,
+    data_dir: &std::path::Path,
+    extra: &[(&str, String)],
+) -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = [
+        ("AMQP_URL", vhost.amqp_url()),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("STEP_TIMEOUT_MS", "1000".into()),
+        ("FAULT_INJECTION", "on".into()),
+        ("SHUTDOWN_TIMEOUT_MS", "10000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.clone());
+    }
+    env
+}
+
+/// The whole marketplace (`all`) running inside the test process.
+pub struct InProcess {
+    pub base_url: String,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub _data: tempfile::TempDir,
+    pub _vhost: Vhost,
+}
+
+impl InProcess {
+    pub async fn start(extra: &[(&str, String)]) -> InProcess {
+        let vhost = Vhost::create();
+        let data = tempfile::tempdir().unwrap();
+        let env = environment(&vhost, data.path(), extra);
+        let config =
+            Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(marketplace::serve(
+            "all",
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        let m = InProcess {
+            base_url,
+            shutdown,
+            task,
+            _data: data,
+            _vhost: vhost,
+        };
+        wait_until_ready(&m.base_url).await;
+        m
+    }
+
+    /// Shuts down as SIGTERM would and returns the drain's result.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.expect("marketplace task")
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Waits for `/readyz` and for the inventory read model to be populated.
+pub async fn wait_until_ready(base_url: &str) {
+    let c = client();
+    for _ in 0..300 {
+        let ready = c
+            .get(format!("{base_url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            let inv: Value = match c.get(format!("{base_url}/api/inventory")).send().await {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            if inv.as_array().is_some_and(|a| !a.is_empty()) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("marketplace at {base_url} never became ready");
+}
+
+pub async fn purchase(base_url: &str, body: Value) -> String {
+    let r = client()
+        .post(format!("{base_url}/api/purchase/"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "purchase {body}");
+    let v: Value = r.json().await.unwrap();
+    v["order_id"].as_str().expect("order_id").to_string()
+}
+
+/// Polls the order until its status is final; panics after `bound`.
+pub async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Value {
+    let c = client();
+    let started = tokio::time::Instant::now();
+    loop {
+        let r = c
+            .get(format!("{base_url}/api/orders/{order_id}"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            if v["status"] != "PROCESSING" && v["phase"] == "done" {
+                return v;
+            }
+        }
+        assert!(
+            started.elapsed() < bound,
+            "order {order_id} not final within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub async fn credits(base_url: &str, username: &str) -> i64 {
+    let v: Value = client()
+        .get(format!("{base_url}/api/users/{username}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["credits"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("credits of {username}: {v}"))
+}
+
+pub async fn stock(base_url: &str) -> i64 {
+    let v: Value = client()
+        .get(format!("{base_url}/api/inventory"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v[0]["stock"].as_i64().expect("stock")
+}
+
+/// One purchase and what must come of it.
+pub struct Scenario {
+    pub flag: Option<&'static str>,
+    pub price: i64,
+    pub amount: i64,
+    pub status: &'static str,
+    /// Compensations the timeline must show as done, newest first.
+    pub compensations: &'static [&'static str],
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        flag: None,
+        price: 10,
+        amount: 2,
+        status: "SUCCESS",
+        compensations: &[],
+    },
+    Scenario {
+        flag: None,
+        price: 300,
+        amount: 2,
+        status: "INSUFFICIENT_FUND",
+        compensations: &[],
+    },
+    Scenario {
+        flag: None,
+        price: 0,
+        amount: 100_000,
+        status: "INSUFFICIENT_INVENTORY",
+        compensations: &["payment.refund"],
+    },
+    Scenario {
+        flag: Some("kill_create"),
+        price: 1,
+        amount: 1,
+        status: "UNKNOWN",
+        compensations: &[],
+    },
+    Scenario {
+        flag: Some("kill_payment"),
+        price: 1,
+        amount: 1,
+        status: "UNKNOWN",
+        compensations: &["payment.refund"],
+    },
+    Scenario {
+        flag: Some("kill_inventory"),
+        price: 1,
+        amount: 1,
+        status: "UNKNOWN",
+        compensations: &["inventory.release", "payment.refund"],
+    },
+    Scenario {
+        flag: Some("kill_deliver"),
+        price: 1,
+        amount: 1,
+        status: "UNKNOWN",
+        compensations: &["delivery.cancel", "inventory.release", "payment.refund"],
+    },
+    Scenario {
+        flag: Some("timeout_payment"),
+        price: 1,
+        amount: 1,
+        status: "TIMEOUT",
+        compensations: &["payment.refund"],
+    },
+    Scenario {
+        flag: Some("timeout_inventory"),
+        price: 1,
+        amount: 1,
+        status: "TIMEOUT",
+        compensations: &["inventory.release", "payment.refund"],
+    },
+    Scenario {
+        flag: Some("timeout_deliver"),
+        price: 1,
+        amount: 1,
+        status: "TIMEOUT",
+        compensations: &["delivery.cancel", "inventory.release", "payment.refund"],
+    },
+];
+
+/// Runs every scenario concurrently, each with a user of its own, and checks statuses,
+/// compensations, credits and the stock.
+pub async fn run_scenarios(base_url: &str) {
+    let stock_before = stock(base_url).await;
+    let runs = SCENARIOS.iter().map(|s| async move {
+        let user = format!(
+            "{}-{}",
+            s.flag.unwrap_or(s.status),
+            uuid::Uuid::new_v4().simple()
+        );
+        let mut body = json!({"username": user, "price": s.price, "amount": s.amount});
+        if let Some(flag) = s.flag {
+            body[flag] = json!(true);
+        }
+        let id = purchase(base_url, body).await;
+        let order = final_order(base_url, &id, Duration::from_secs(10)).await;
+        assert_eq!(order["status"], s.status, "{:?}: {order:#}", s.flag);
+        let done_compensations: Vec<&str> = order["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["event"] == "done" && s.compensations.contains(&e["step"].as_str().unwrap())
+            })
+            .map(|e| e["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            done_compensations, s.compensations,
+            "{:?}: {order:#}",
+            s.flag
+        );
+        let charged = if s.status == "SUCCESS" {
+            s.price * s.amount
+        } else {
+            0
+        };
+        let sold = if s.status == "SUCCESS" { s.amount } else { 0 };
+        // A user whose payment never ran (kill_create) was never seen by payment.
+        if s.flag != Some("kill_create") {
+            wait_for(
+                || async { credits(base_url, &user).await == 500 - charged },
+                &format!("credits of {user}"),
+            )
+            .await;
+        }
+        (s, id, sold)
+    });
+    let results = futures::future::join_all(runs).await;
+    let sold: i64 = results.iter().map(|(_, _, sold)| sold).sum();
+    wait_for(
+        || async { stock(base_url).await == stock_before - sold },
+        "stock",
+    )
+    .await;
+
+    // The compatibility listing: oldest first, and without the order whose create failed.
+    let all: Value = client()
+        .get(format!("{base_url}/api/all-transaction"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    for (s, id, _) in &results {
+        assert_eq!(
+            listed.contains(&id.as_str()),
+            s.flag != Some("kill_create"),
+            "{:?} listing",
+            s.flag
+        );
+    }
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "all-transaction is oldest first");
+}
+
+/// Polls `check` for up to 10 s: read models follow the workers by a few milliseconds.
+pub async fn wait_for<F, Fut>(check: F, what: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what}: condition not reached within 10 s");
+}
