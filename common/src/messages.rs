@@ -225,7 +225,8 @@ pub struct TimelineEntry {
     pub seq: i64,
     pub at_ms: i64,
     pub step: Step,
-    /// `sent`, `done`, `refused`, `failed`, `skipped`, `timed_out`, `dead_lettered`, `retried`.
+    /// `sent` (detail `attempt N` on a retry), `done`, `refused`, `failed`, `skipped`,
+    /// `timed_out`, `dead_lettered`, or `ignored` (a late or duplicate reply).
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -1,1 +1,86 @@
+//! The saga orchestrator. `saga` is the pure decision logic; `handler` wraps it in a
+//! transaction with the inbox and the outbox; `timers` fires deadlines; `store` is the SQL.
 
+mod handler;
+pub mod saga;
+mod store;
+mod timers;
+
+use std::{sync::Arc, time::Duration};
+
+use common::{
+    bus::{self, Broker},
+    config::Config,
+    db::Db,
+    service,
+    shutdown::Shutdown,
+    time::now_ms,
+    topology,
+};
+
+pub use handler::Manager;
+use saga::Timing;
+use timers::Timers;
+
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens the manager's database, re-arms the deadline of every saga in flight, and starts
+/// consuming the manager queue.
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+    let db = Db::open(&config, "manager", &MIGRATIONS, &shutdown).await?;
+    let broker = Broker::start(&config.amqp_url, "manager", shutdown.clone());
+    let timers = Timers::default();
+    for (order_id, at) in store::all_deadlines(db.pool()).await? {
+        timers.schedule(at, order_id);
+    }
+    let manager = Manager {
+        db: db.clone(),
+        timing: Timing {
+            step_timeout_ms: config.step_timeout_ms,
+            max_retry_ms: config.max_retry_ms,
+        },
+        timers: timers.clone(),
+    };
+    let consumer = bus::consume(
+        broker.clone(),
+        topology::MANAGER_QUEUE,
+        64,
+        Arc::new(manager.clone()),
+        shutdown.clone(),
+    );
+    let timer_loop = {
+        let (m, s) = (manager.clone(), shutdown.clone());
+        async move {
+            timers
+                .run(s, |id| {
+                    let m = m.clone();
+                    async move { m.fire_deadline(id).await }
+                })
+                .await
+        }
+    };
+    let backstop = backstop(manager, shutdown.clone());
+    let parts: Vec<service::Part> =
+        vec![Box::pin(consumer), Box::pin(timer_loop), Box::pin(backstop)];
+    Ok(service::spawn("manager", db, broker, parts, &shutdown))
+}
+
+/// Every second, fires the deadlines the database says are due: those of a saga whose
+/// in-memory timer was lost (a failed attempt, or another replica that went away).
+async fn backstop(manager: Manager, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // Only what is overdue by a margin: fresh deadlines belong to the precise timers.
+        match store::due(manager.db.pool(), now_ms() - 250, 500).await {
+            Ok(due) => {
+                for (order_id, _) in due {
+                    manager.fire_deadline(order_id).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "deadline scan failed"),
+        }
+    }
+}

@@ -12,9 +12,12 @@ use std::{
 use common::{domain::OrderId, shutdown::Shutdown, time::now_ms};
 use tokio::sync::Notify;
 
+/// Pending deadlines, earliest on top.
+type Heap = BinaryHeap<Reverse<(i64, OrderId)>>;
+
 #[derive(Clone, Default)]
 pub struct Timers {
-    heap: Arc<Mutex<BinaryHeap<Reverse<(i64, OrderId)>>>>,
+    heap: Arc<Mutex<Heap>>,
     changed: Arc<Notify>,
 }
 
