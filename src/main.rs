@@ -15,6 +15,7 @@ fn help() -> String {
     for (name, what) in TARGETS {
         s.push_str(&format!("  {name:<12} {what}\n"));
     }
+    s.push_str("  healthcheck  exit 0 if the process on HTTP_ADDR is ready (for container health checks)\n");
     s.push_str("\nEnvironment:\n");
     for (name, default, what) in common::config::VARIABLES {
         s.push_str(&format!("  {name:<26} {what} [default: {default}]\n"));
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             print!("{}", help());
             return ExitCode::SUCCESS;
         }
+        [cmd] if cmd == "healthcheck" => return healthcheck(),
         [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
         _ => {
             eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
@@ -62,4 +64,27 @@ async fn run(target: &str, config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
     marketplace::serve(target, config, listener, shutdown).await
+}
+
+/// `marketplace healthcheck`: asks `/readyz` of the process on HTTP_ADDR. Distroless images
+/// have no shell or curl, so container health checks call the binary itself.
+fn healthcheck() -> ExitCode {
+    use std::io::{Read, Write};
+    let Ok(config) = Config::from_env() else {
+        return ExitCode::FAILURE;
+    };
+    let mut addr = config.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let timeout = std::time::Duration::from_secs(2);
+    let ready = (|| -> std::io::Result<bool> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(stream, "GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
+    })();
+    if ready.unwrap_or(false) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

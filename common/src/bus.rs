@@ -399,8 +399,10 @@ async fn consume_on<H: Handler>(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                // Stop new deliveries; those in flight finish and ack on this channel.
-                let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+                // Stop new deliveries; those in flight finish and ack on this channel. Bounded:
+                // a broker that stopped answering must not hold the shutdown.
+                let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
                 return Ok(());
             }
             next = consumer.next() => match next {

@@ -58,7 +58,8 @@ pub fn spawn(
         relay_stop.cancel();
         let _ = relay.await;
         if let Some(conn) = broker.try_connection() {
-            let _ = conn.close(200, "shutting down".into()).await;
+            let close = conn.close(200, "shutting down".into());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), close).await;
         }
         db.pool().close().await;
         tracing::info!(service = name, "stopped");

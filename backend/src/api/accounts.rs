@@ -1,0 +1,86 @@
+//! Balances and stock, as the payment and inventory services last reported them.
+
+use axum::{
+    Json,
+    extract::{Path, State, rejection::PathRejection},
+};
+use common::domain::Username;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{AppState, error::ApiError};
+use crate::store;
+
+/// A buyer's balance.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"username": "alice", "credits": 480}))]
+pub struct User {
+    pub username: String,
+    pub credits: i64,
+}
+
+/// A product's stock.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"product": "late_token", "stock": 498}))]
+pub struct StockLevel {
+    pub product: String,
+    pub stock: i64,
+}
+
+/// A buyer's credits.
+///
+/// A user exists once the payment service has seen them (their first charge attempt);
+/// until then, and for names no purchase could carry, the answer is 404.
+#[utoipa::path(
+    get,
+    path = "/api/users/{username}",
+    tag = "accounts",
+    params(("username" = String, Path, description = "The buyer's name (percent-encoded)", example = "alice")),
+    responses(
+        (status = 200, description = "The user's balance", body = User),
+        (status = 404, description = "No such user", body = ApiError,
+            example = json!({"error": "not_found", "detail": "user \"alice\" not found"})),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn get_user(
+    State(app): State<AppState>,
+    username: Result<Path<String>, PathRejection>,
+) -> Result<Json<User>, ApiError> {
+    let Path(raw) = username?;
+    let not_found = || ApiError::NotFound(format!("user {raw:?} not found"));
+    // A name the purchase API would refuse cannot exist (and PostgreSQL refuses NUL bytes).
+    let username = Username::parse(raw.as_str()).map_err(|_| not_found())?;
+    let credits = store::accounts::credits(&app.db, username.as_str())
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(User {
+        username: username.to_string(),
+        credits,
+    }))
+}
+
+/// Stock of every product.
+///
+/// Empty until the inventory service has reported its stock for the first time.
+#[utoipa::path(
+    get,
+    path = "/api/inventory",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "Stock per product", body = Vec<StockLevel>,
+            example = json!([{"product": "late_token", "stock": 498}])),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn inventory(State(app): State<AppState>) -> Result<Json<Vec<StockLevel>>, ApiError> {
+    let levels = store::accounts::inventory(&app.db).await?;
+    Ok(Json(
+        levels
+            .into_iter()
+            .map(|(product, stock)| StockLevel { product, stock })
+            .collect(),
+    ))
+}

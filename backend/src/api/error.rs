@@ -1,0 +1,207 @@
+//! The one error type of the HTTP API. Every refusal, axum's own rejections included, goes
+//! out as `{"error": <code>, "detail": <text>}` with the status its variant documents.
+
+use axum::{
+    Json,
+    extract::rejection::{BytesRejection, PathRejection, QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use common::domain::InvalidValue;
+use serde::Serialize;
+use utoipa::{PartialSchema, ToSchema};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `malformed_json`: the body is not JSON, or not a JSON object.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// 400 `bad_request`: a path segment or query string that cannot be read (e.g. an order
+    /// id that is not a UUID).
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403 `fault_injection_disabled`: a fault flag was set while `FAULT_INJECTION=off`.
+    #[error("{flag}: fault injection is disabled (FAULT_INJECTION=off)")]
+    FaultInjectionDisabled { flag: &'static str },
+    /// 404 `not_found`: no such order, user or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405 `method_not_allowed`.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// 413 `body_too_large`: the body is over [`super::MAX_BODY_BYTES`].
+    #[error("the body is over {} bytes", super::MAX_BODY_BYTES)]
+    BodyTooLarge,
+    /// 422 `invalid_field`: a field is missing, of the wrong type or out of range; the
+    /// detail starts with the field's name.
+    #[error(transparent)]
+    InvalidField(#[from] InvalidValue),
+    /// 503 `unavailable`: the database does not answer; the request may be retried.
+    #[error("the database is unavailable, retry later")]
+    Unavailable(#[source] sqlx::Error),
+    /// 500 `internal`: logged with its cause; the client only learns that it happened.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::FaultInjectionDisabled { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::FaultInjectionDisabled { .. } => "fault_injection_disabled",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BodyTooLarge => "body_too_large",
+            ApiError::InvalidField(_) => "invalid_field",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        // Only a database that cannot be reached is worth a retry; anything else is a bug.
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => ApiError::Unavailable(e),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge
+        } else {
+            ApiError::MalformedJson(format!("the body could not be read: {}", r.body_text()))
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))]
+pub struct ErrorBody {
+    /// `malformed_json`, `bad_request`, `fault_injection_disabled`, `not_found`,
+    /// `method_not_allowed`, `body_too_large`, `invalid_field`, `unavailable` or `internal`.
+    pub error: String,
+    /// What is wrong, for a person; for `invalid_field` it starts with the field's name.
+    pub detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %format!("{cause:#}"), "request failed")
+            }
+            ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
+            _ => {}
+        }
+        let body = ErrorBody {
+            error: self.code().to_string(),
+            detail: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+// The error's schema is the body it renders to.
+impl PartialSchema for ApiError {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        ErrorBody::schema()
+    }
+}
+
+impl ToSchema for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn rendered(e: ApiError) -> (StatusCode, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_invalid_field_is_422_and_its_detail_starts_with_the_field() {
+        let (status, body) =
+            rendered(InvalidValue::new("amount", "must be greater than 0").into()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "invalid_field", "detail": "amount: must be greater than 0"})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_does_not_leak_its_cause() {
+        let (status, body) =
+            rendered(ApiError::Internal(anyhow::anyhow!("secret table exploded"))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"], "internal");
+        assert!(!body.to_string().contains("secret"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_disabled_fault_flag_is_403_naming_the_flag() {
+        let (status, body) = rendered(ApiError::FaultInjectionDisabled {
+            flag: "kill_payment",
+        })
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            body["detail"],
+            "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503_and_a_bad_row_is_500() {
+        assert_eq!(
+            ApiError::from(sqlx::Error::PoolTimedOut).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(sqlx::Error::Decode("bad".into())).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The HTTP API: routes, shared state and the OpenAPI document served at `/docs`.
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+use common::{config::Config, db::Db};
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub mod accounts;
+pub mod analytics;
+pub mod error;
+pub mod orders;
+pub mod purchase;
+
+pub use error::{ApiError, ErrorBody};
+
+/// Bodies above this are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    /// Whether purchase fault flags are honoured (`FAULT_INJECTION`); refused with 403 if not.
+    pub fault_injection: bool,
+}
+
+/// The API, `/docs` and `/api-docs/openapi.json` over `db`. Needs no broker: a purchase
+/// only writes the database and its outbox, which the service's relay publishes.
+pub fn router(db: Db, config: &Config) -> Router {
+    let state = AppState {
+        db,
+        fault_injection: config.fault_injection,
+    };
+    Router::new()
+        .route("/api/purchase", post(purchase::purchase))
+        .route("/api/purchase/", post(purchase::purchase))
+        .route("/api/all-transaction", get(orders::all_transactions))
+        .route("/api/orders", get(orders::list_orders))
+        .route("/api/orders/{id}", get(orders::get_order))
+        .route("/api/users/{username}", get(accounts::get_user))
+        .route("/api/inventory", get(accounts::inventory))
+        .route("/api/analytics/sales", get(analytics::sales))
+        // After the routes: it applies to those that exist when it is called.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::NotFound("no such path".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+        .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", ApiDoc::openapi()))
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Late-token marketplace",
+        description = "Buy late-day tokens. A purchase is accepted at once (202) and completed by a \
+saga across the order, payment, inventory and delivery services; follow it at `/api/orders/{id}`. \
+Every error is `{\"error\": code, \"detail\": text}`.",
+    ),
+    paths(
+        purchase::purchase,
+        orders::all_transactions,
+        orders::list_orders,
+        orders::get_order,
+        accounts::get_user,
+        accounts::inventory,
+        analytics::sales,
+        healthz,
+        readyz,
+    ),
+    components(schemas(ApiError, ErrorBody)),
+    tags(
+        (name = "orders", description = "Place orders and follow them"),
+        (name = "accounts", description = "Balances and stock"),
+        (name = "analytics", description = "Sales figures"),
+        (name = "health", description = "Probes (served by every target, documented here)"),
+    )
+)]
+pub struct ApiDoc;
+
+// `/healthz` and `/readyz` are served by `common::health` on every target; they are only
+// described here so that the API's one document lists every path a client can call.
+
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = serde_json::Value, example = json!({"status": "ok"})))
+)]
+#[allow(dead_code)]
+fn healthz() {}
+
+/// RabbitMQ and every service's database answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value,
+            example = json!({"ready": true, "services": {"backend": {"rabbitmq": true, "database": true}}})),
+        (status = 503, description = "Not ready", body = serde_json::Value,
+            example = json!({"ready": false, "services": {"backend": {"rabbitmq": false, "database": true}}})),
+    )
+)]
+#[allow(dead_code)]
+fn readyz() {}

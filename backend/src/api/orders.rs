@@ -1,0 +1,405 @@
+//! Reading orders: one by id (with its timeline), a filtered page, and the compatibility
+//! contract's full list.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::PathRejection, rejection::QueryRejection},
+};
+use common::{
+    domain::{InvalidValue, OrderId, OrderStatus, Username},
+    messages::TimelineEntry,
+    time::rfc3339,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{AppState, error::ApiError};
+use crate::store::{self, orders::StoredOrder};
+
+/// An order as `/api/all-transaction` lists it (the compatibility contract's shape).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
+    "amount": 2, "status": "SUCCESS", "created_at": "2026-10-01T12:00:00.123Z"}))]
+pub struct Transaction {
+    pub id: String,
+    pub username: String,
+    pub price: i64,
+    pub amount: i64,
+    /// `PROCESSING`, `SUCCESS`, `INSUFFICIENT_FUND`, `INSUFFICIENT_INVENTORY`, `TIMEOUT` or `UNKNOWN`.
+    pub status: String,
+    /// When the order was placed (RFC 3339, UTC).
+    pub created_at: String,
+}
+
+/// An order without its timeline.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
+    "amount": 2, "total": 20, "status": "SUCCESS", "phase": "done",
+    "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z"}))]
+pub struct OrderSummary {
+    pub id: String,
+    pub username: String,
+    /// Price of one token, in credits.
+    pub price: i64,
+    pub amount: i64,
+    /// price × amount: what the buyer is charged.
+    pub total: i64,
+    /// `PROCESSING`, `SUCCESS`, `INSUFFICIENT_FUND`, `INSUFFICIENT_INVENTORY`, `TIMEOUT` or `UNKNOWN`.
+    pub status: String,
+    /// `running`, `compensating` or `done`.
+    pub phase: String,
+    /// When the order was placed (RFC 3339, UTC).
+    pub created_at: String,
+    /// When its saga last moved (RFC 3339, UTC).
+    pub updated_at: String,
+}
+
+/// One event of an order's saga.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"seq": 3, "at": "2026-10-01T12:00:00.127Z", "step": "payment.charge", "event": "done"}))]
+pub struct TimelineItem {
+    /// Position in the saga's history, from 1.
+    pub seq: i64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `order.create`, `payment.charge`, `inventory.reserve`, `delivery.schedule`,
+    /// `order.complete`, `delivery.cancel`, `inventory.release`, `payment.refund`, `order.reject`.
+    pub step: String,
+    /// `sent`, `done`, `refused`, `failed`, `skipped`, `timed_out`, `dead_lettered` or `retried`.
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// An order with its saga's timeline, oldest event first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
+    "amount": 2, "total": 20, "status": "INSUFFICIENT_FUND", "phase": "done",
+    "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z",
+    "timeline": [
+        {"seq": 1, "at": "2026-10-01T12:00:00.124Z", "step": "order.create", "event": "sent"},
+        {"seq": 2, "at": "2026-10-01T12:00:00.125Z", "step": "order.create", "event": "done"},
+        {"seq": 3, "at": "2026-10-01T12:00:00.125Z", "step": "payment.charge", "event": "sent"},
+        {"seq": 4, "at": "2026-10-01T12:00:00.127Z", "step": "payment.charge", "event": "refused", "detail": "insufficient_funds"},
+        {"seq": 5, "at": "2026-10-01T12:00:00.127Z", "step": "order.reject", "event": "sent"},
+        {"seq": 6, "at": "2026-10-01T12:00:00.131Z", "step": "order.reject", "event": "done"}]}))]
+pub struct OrderDetail {
+    #[serde(flatten)]
+    pub order: OrderSummary,
+    pub timeline: Vec<TimelineItem>,
+}
+
+/// A page of orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"orders": [{"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice",
+    "price": 10, "amount": 2, "total": 20, "status": "SUCCESS", "phase": "done",
+    "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z"}],
+    "next_cursor": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f"}))]
+pub struct OrderPage {
+    pub orders: Vec<OrderSummary>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of `/api/orders`. Read as text and parsed here, so a bad one is named in a 422.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only this buyer's orders.
+    #[param(example = "alice")]
+    pub username: Option<String>,
+    /// Only orders with this status.
+    #[param(example = "SUCCESS")]
+    pub status: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200, example = 50)]
+    pub limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, format = Uuid)]
+    pub cursor: Option<String>,
+}
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+impl ListParams {
+    /// The store filter these parameters ask for, or `None` when no order can match (a
+    /// username that could never have been accepted). Empty parameters count as absent.
+    pub(crate) fn parse(&self) -> Result<Option<store::orders::Filter>, InvalidValue> {
+        let present =
+            |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+        let status = present(&self.status)
+            .map(|s| OrderStatus::parse(&s))
+            .transpose()?;
+        let limit = match present(&self.limit) {
+            None => DEFAULT_LIMIT,
+            Some(s) => match s.trim().parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                Ok(_) => {
+                    return Err(InvalidValue::new(
+                        "limit",
+                        format!("must be between 1 and {MAX_LIMIT}"),
+                    ));
+                }
+                Err(_) => return Err(InvalidValue::new("limit", "must be an integer")),
+            },
+        };
+        let before = present(&self.cursor)
+            .map(|s| {
+                OrderId::parse(&s)
+                    .map_err(|_| InvalidValue::new("cursor", "must be an order id (UUID)"))
+            })
+            .transpose()?;
+        let username = present(&self.username);
+        if username
+            .as_ref()
+            .is_some_and(|u| Username::parse(u.as_str()).is_err())
+        {
+            return Ok(None);
+        }
+        Ok(Some(store::orders::Filter {
+            username,
+            status,
+            before,
+            limit,
+        }))
+    }
+}
+
+impl From<&StoredOrder> for OrderSummary {
+    fn from(o: &StoredOrder) -> Self {
+        Self {
+            id: o.id.to_string(),
+            username: o.username.clone(),
+            price: o.price,
+            amount: o.amount,
+            // Validated at the edge (OrderTerms): the product fits.
+            total: o.price.saturating_mul(o.amount),
+            status: o.status.as_str().to_string(),
+            phase: o.phase.clone(),
+            created_at: rfc3339(o.placed_at_ms),
+            updated_at: rfc3339(o.updated_at_ms),
+        }
+    }
+}
+
+impl From<&StoredOrder> for Transaction {
+    fn from(o: &StoredOrder) -> Self {
+        Self {
+            id: o.id.to_string(),
+            username: o.username.clone(),
+            price: o.price,
+            amount: o.amount,
+            status: o.status.as_str().to_string(),
+            created_at: rfc3339(o.placed_at_ms),
+        }
+    }
+}
+
+impl From<&TimelineEntry> for TimelineItem {
+    fn from(e: &TimelineEntry) -> Self {
+        Self {
+            seq: e.seq,
+            at: rfc3339(e.at_ms),
+            step: e.step.name().to_string(),
+            event: e.event.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// Every created order, oldest first.
+///
+/// The compatibility contract's list: an order appears once its `order.create` step
+/// succeeded (an order whose creation failed is only visible at `/api/orders/{id}`).
+#[utoipa::path(
+    get,
+    path = "/api/all-transaction",
+    tag = "orders",
+    responses(
+        (status = 200, description = "Created orders, oldest first", body = Vec<Transaction>),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn all_transactions(
+    State(app): State<AppState>,
+) -> Result<Json<Vec<Transaction>>, ApiError> {
+    let orders = store::orders::listed(&app.db).await?;
+    Ok(Json(orders.iter().map(Transaction::from).collect()))
+}
+
+/// One order, with its saga's timeline.
+///
+/// Every accepted order is here from the moment the POST answered (as `PROCESSING`),
+/// listed or not.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    params(("id" = String, Path, format = Uuid, description = "The order id the POST returned",
+        example = "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f")),
+    responses(
+        (status = 200, description = "The order", body = OrderDetail),
+        (status = 400, description = "The id is not a UUID", body = ApiError,
+            example = json!({"error": "bad_request", "detail": "order_id: not a UUID"})),
+        (status = 404, description = "No such order", body = ApiError,
+            example = json!({"error": "not_found", "detail": "order 01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f not found"})),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn get_order(
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    let Path(id) = id?;
+    let id = OrderId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let (order, timeline) = store::orders::get(&app.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
+    Ok(Json(OrderDetail {
+        order: OrderSummary::from(&order),
+        timeline: timeline.iter().map(TimelineItem::from).collect(),
+    }))
+}
+
+/// Orders, newest first, a page at a time.
+///
+/// Filter by buyer and status; follow `next_cursor` until it is null to see every order
+/// exactly once, even while new orders arrive.
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "orders",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 422, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
+            examples(
+                ("limit" = (value = json!({"error": "invalid_field", "detail": "limit: must be between 1 and 200"}))),
+                ("status" = (value = json!({"error": "invalid_field", "detail": "status: unknown status \"DONE\""}))),
+                ("cursor" = (value = json!({"error": "invalid_field", "detail": "cursor: must be an order id (UUID)"}))),
+            )),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn list_orders(
+    State(app): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let Query(params) = params?;
+    let Some(mut filter) = params.parse()? else {
+        return Ok(Json(OrderPage {
+            orders: Vec::new(),
+            next_cursor: None,
+        }));
+    };
+    // One row more than asked tells whether another page exists, so the last page never
+    // points at an empty one.
+    let limit = filter.limit;
+    filter.limit += 1;
+    let mut orders = store::orders::list(&app.db, &filter).await?;
+    let more = orders.len() as i64 > limit;
+    orders.truncate(limit as usize);
+    let next_cursor = if more {
+        orders.last().map(|o| o.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        orders: orders.iter().map(OrderSummary::from).collect(),
+        next_cursor,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> ListParams {
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        ListParams {
+            username: get("username"),
+            status: get("status"),
+            limit: get("limit"),
+            cursor: get("cursor"),
+        }
+    }
+
+    #[test]
+    fn no_parameters_mean_the_newest_fifty_of_everyone() {
+        let f = params(&[]).parse().unwrap().unwrap();
+        assert_eq!(
+            (f.username, f.status, f.before, f.limit),
+            (None, None, None, DEFAULT_LIMIT)
+        );
+    }
+
+    #[test]
+    fn empty_parameters_count_as_absent() {
+        let f = params(&[
+            ("username", ""),
+            ("status", ""),
+            ("limit", ""),
+            ("cursor", ""),
+        ])
+        .parse()
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (f.username, f.status, f.before, f.limit),
+            (None, None, None, DEFAULT_LIMIT)
+        );
+    }
+
+    #[test]
+    fn a_bad_parameter_is_refused_naming_it() {
+        for (name, value) in [
+            ("limit", "0"),
+            ("limit", "201"),
+            ("limit", "-1"),
+            ("limit", "many"),
+            ("status", "NOT_A_STATUS"),
+            ("cursor", "%%%garbage"),
+        ] {
+            let e = params(&[(name, value)]).parse().unwrap_err();
+            assert_eq!(e.field, name, "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_username_that_could_never_buy_matches_nothing() {
+        assert!(params(&[("username", "bob\0")]).parse().unwrap().is_none());
+        assert!(
+            params(&[("username", &"a".repeat(65))])
+                .parse()
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn valid_parameters_are_all_kept() {
+        let id = OrderId::new();
+        let f = params(&[
+            ("username", "bob"),
+            ("status", "TIMEOUT"),
+            ("limit", "200"),
+            ("cursor", &id.to_string()),
+        ])
+        .parse()
+        .unwrap()
+        .unwrap();
+        assert_eq!(f.username.as_deref(), Some("bob"));
+        assert_eq!(f.status, Some(OrderStatus::Timeout));
+        assert_eq!(f.before, Some(id));
+        assert_eq!(f.limit, 200);
+    }
+}

@@ -1,0 +1,438 @@
+//! `POST /api/purchase/`: parse the request at the edge, then write the order and its
+//! `PlaceOrder` message in one transaction. The saga runs afterwards; the buyer gets 202.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{State, rejection::BytesRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use common::{
+    domain::{Credits, InvalidValue, OrderId, OrderStatus, OrderTerms, Quantity, Username},
+    messages::{Faults, ManagerMessage, PlaceOrder},
+    outbox,
+    time::now_ms,
+    topology,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::{AppState, error::ApiError};
+use crate::store;
+
+// Documentation only: the body is parsed field by field by `parse`, so that every refusal
+// names its field; this struct only describes it to OpenAPI.
+/// A purchase, as the compatibility contract defines it. Read as JSON whatever the
+/// Content-Type; unknown fields are ignored.
+#[derive(ToSchema)]
+#[schema(example = json!({"username": "alice", "price": 10, "amount": 2, "kill_payment": false}))]
+#[allow(dead_code)]
+pub struct PurchaseRequest {
+    /// 1 to 64 characters, no control characters.
+    username: String,
+    /// Price of one token, in credits; not negative. price × amount must fit in 64 bits.
+    price: i64,
+    /// Tokens to buy; greater than 0.
+    amount: i64,
+    /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true).
+    #[schema(default = false)]
+    kill_create: Option<bool>,
+    #[schema(default = false)]
+    kill_payment: Option<bool>,
+    #[schema(default = false)]
+    timeout_payment: Option<bool>,
+    #[schema(default = false)]
+    kill_inventory: Option<bool>,
+    #[schema(default = false)]
+    timeout_inventory: Option<bool>,
+    #[schema(default = false)]
+    kill_deliver: Option<bool>,
+    #[schema(default = false)]
+    timeout_deliver: Option<bool>,
+}
+
+/// The order was accepted; its saga runs now. Follow it at `/api/orders/{order_id}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"order_id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "status": "PROCESSING"}))]
+pub struct PurchaseAccepted {
+    pub order_id: String,
+    /// Always `PROCESSING`.
+    pub status: String,
+}
+
+/// A purchase request after parsing: only valid terms and known flags get this far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    pub terms: OrderTerms,
+    pub faults: Faults,
+}
+
+/// The fault flags, in the contract's order (the first one set is named in a 403).
+pub const FAULT_FLAGS: [&str; 7] = [
+    "kill_create",
+    "kill_payment",
+    "timeout_payment",
+    "kill_inventory",
+    "timeout_inventory",
+    "kill_deliver",
+    "timeout_deliver",
+];
+
+/// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
+/// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
+pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::MalformedJson(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    let username = match required(&fields, "username")? {
+        Value::String(s) => Username::parse(s.as_str())?,
+        other => {
+            return Err(InvalidValue::new(
+                "username",
+                format!("must be a string, got {}", kind(other)),
+            )
+            .into());
+        }
+    };
+    let price = Credits::new(integer(&fields, "price")?)?;
+    let amount = Quantity::new(integer(&fields, "amount")?)?;
+    let terms = OrderTerms::new(username, price, amount)?;
+    let [
+        kill_create,
+        kill_payment,
+        timeout_payment,
+        kill_inventory,
+        timeout_inventory,
+        kill_deliver,
+        timeout_deliver,
+    ] = FAULT_FLAGS.map(|name| flag(&fields, name));
+    let faults = Faults {
+        kill_create: kill_create?,
+        kill_payment: kill_payment?,
+        timeout_payment: timeout_payment?,
+        kill_inventory: kill_inventory?,
+        timeout_inventory: timeout_inventory?,
+        kill_deliver: kill_deliver?,
+        timeout_deliver: timeout_deliver?,
+    };
+    Ok(Purchase { terms, faults })
+}
+
+/// The first fault flag set, by its contract name.
+pub fn first_fault(faults: &Faults) -> Option<&'static str> {
+    let set = [
+        faults.kill_create,
+        faults.kill_payment,
+        faults.timeout_payment,
+        faults.kill_inventory,
+        faults.timeout_inventory,
+        faults.kill_deliver,
+        faults.timeout_deliver,
+    ];
+    FAULT_FLAGS
+        .into_iter()
+        .zip(set)
+        .find(|(_, on)| *on)
+        .map(|(name, _)| name)
+}
+
+fn required<'a>(
+    fields: &'a Map<String, Value>,
+    name: &'static str,
+) -> Result<&'a Value, InvalidValue> {
+    fields
+        .get(name)
+        .ok_or_else(|| InvalidValue::new(name, "missing"))
+}
+
+fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<i64, InvalidValue> {
+    match required(fields, name)? {
+        Value::Number(n) => n.as_i64().ok_or_else(|| {
+            if n.is_u64() {
+                InvalidValue::new(name, format!("must be at most {}", i64::MAX))
+            } else {
+                InvalidValue::new(name, "must be an integer")
+            }
+        }),
+        other => Err(InvalidValue::new(
+            name,
+            format!("must be an integer, got {}", kind(other)),
+        )),
+    }
+}
+
+fn flag(fields: &Map<String, Value>, name: &'static str) -> Result<bool, InvalidValue> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(InvalidValue::new(
+            name,
+            format!("must be a boolean, got {}", kind(other)),
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Place an order.
+///
+/// Accepts the order and starts its saga; the answer does not wait for the outcome. The
+/// body is read as JSON whatever its Content-Type. `POST /api/purchase` (no trailing
+/// slash) is the same operation.
+#[utoipa::path(
+    post,
+    path = "/api/purchase/",
+    tag = "orders",
+    request_body(content = PurchaseRequest, description = "What to buy, and optional fault flags"),
+    responses(
+        (status = 202, description = "Accepted; the saga is running", body = PurchaseAccepted,
+            headers(("location" = String, description = "Where to follow the order"))),
+        (status = 400, description = "The body is not a JSON object", body = ApiError,
+            example = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"})),
+        (status = 403, description = "A fault flag is set while fault injection is off", body = ApiError,
+            example = json!({"error": "fault_injection_disabled", "detail": "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"})),
+        (status = 413, description = "The body is over 64 KiB", body = ApiError,
+            example = json!({"error": "body_too_large", "detail": "the body is over 65536 bytes"})),
+        (status = 422, description = "A field is missing or invalid; the detail starts with its name", body = ApiError,
+            examples(
+                ("missing" = (value = json!({"error": "invalid_field", "detail": "username: missing"}))),
+                ("wrong type" = (value = json!({"error": "invalid_field", "detail": "price: must be an integer, got a string"}))),
+                ("out of range" = (value = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))),
+                ("overflow" = (value = json!({"error": "invalid_field", "detail": "price: price × amount overflows a 64-bit integer"}))),
+            )),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+    )
+)]
+pub async fn purchase(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Purchase { terms, faults } = parse(&body?)?;
+    if !app.fault_injection
+        && let Some(flag) = first_fault(&faults)
+    {
+        return Err(ApiError::FaultInjectionDisabled { flag });
+    }
+    let order_id = OrderId::new();
+    let placed_at_ms = now_ms();
+    let mut tx = app.db.begin().await?;
+    store::orders::insert_placed(&mut tx, order_id, &terms, placed_at_ms).await?;
+    let message = ManagerMessage::PlaceOrder(PlaceOrder {
+        order_id,
+        terms,
+        faults,
+        placed_at_ms,
+    });
+    outbox::enqueue(
+        &mut tx,
+        topology::EXCHANGE,
+        topology::RK_PLACE_ORDER,
+        Some(order_id.to_string()),
+        &message,
+    )
+    .await?;
+    tx.commit().await?;
+    app.db.wake_outbox();
+    tracing::debug!(%order_id, "order accepted");
+    let location = format!("/api/orders/{order_id}");
+    let body = PurchaseAccepted {
+        order_id: order_id.to_string(),
+        status: OrderStatus::Processing.as_str().to_string(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    use super::*;
+
+    fn refusal(body: Value) -> (StatusCode, String) {
+        let e = parse(body.to_string().as_bytes()).unwrap_err();
+        (e.status(), e.to_string())
+    }
+
+    fn assert_names(body: Value, field: &str) {
+        let (status, detail) = refusal(body.clone());
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {detail}");
+        assert!(
+            detail.starts_with(&format!("{field}: ")),
+            "{body}: {detail}"
+        );
+    }
+
+    fn valid() -> Value {
+        json!({"username": "alice", "price": 3, "amount": 2})
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut body = valid();
+        body[field] = value;
+        body
+    }
+
+    #[test]
+    fn a_valid_body_parses_with_flags_defaulting_to_false() {
+        let p = parse(valid().to_string().as_bytes()).unwrap();
+        assert_eq!(p.terms.username.as_str(), "alice");
+        assert_eq!(p.terms.total().get(), 6);
+        assert_eq!(p.faults, Faults::default());
+    }
+
+    #[test]
+    fn flags_and_unknown_fields_are_read_and_ignored_respectively() {
+        let mut body = with("kill_payment", json!(true));
+        body["timeout_deliver"] = json!(null);
+        body["padding"] = json!("whatever");
+        let p = parse(body.to_string().as_bytes()).unwrap();
+        assert!(p.faults.kill_payment);
+        assert!(!p.faults.timeout_deliver);
+        assert_eq!(first_fault(&p.faults), Some("kill_payment"));
+    }
+
+    #[test]
+    fn malformed_json_is_400() {
+        for raw in [
+            &b"{\"username\": \"bob\", \"price\": 1,"[..],
+            b"not json",
+            b"[1, 2",
+            b"",
+            b"\xff\xfe",
+        ] {
+            let e = parse(raw).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{raw:?}");
+            assert_eq!(e.code(), "malformed_json");
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_400() {
+        for body in [json!([]), json!("purchase"), json!(1), json!(null)] {
+            assert_eq!(refusal(body).0, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_missing_field_is_422_naming_it() {
+        for field in ["username", "price", "amount"] {
+            let mut body = valid();
+            body.as_object_mut().unwrap().remove(field);
+            assert_eq!(
+                refusal(body),
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{field}: missing")
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_422_naming_it() {
+        let cases = [
+            ("price", json!("ten")),
+            ("price", json!(1.5)),
+            ("price", json!(null)),
+            ("price", json!(9_223_372_036_854_775_808u64)),
+            ("price", json!(1e30)),
+            ("amount", json!("1")),
+            ("amount", json!(2.5)),
+            ("amount", json!([1])),
+            ("username", json!(123)),
+            ("username", json!(null)),
+            ("kill_payment", json!("yes")),
+            ("timeout_deliver", json!(1)),
+            ("kill_create", json!({})),
+        ];
+        for (field, value) in cases {
+            assert_names(with(field, value), field);
+        }
+        assert_eq!(
+            refusal(with("price", json!("ten"))).1,
+            "price: must be an integer, got a string"
+        );
+    }
+
+    #[test]
+    fn an_amount_not_above_zero_and_a_negative_price_are_422() {
+        for amount in [json!(0), json!(-1), json!(i64::MIN)] {
+            assert_names(with("amount", amount), "amount");
+        }
+        for price in [json!(-1), json!(i64::MIN)] {
+            assert_names(with("price", price), "price");
+        }
+        assert!(parse(with("price", json!(0)).to_string().as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_total_overflowing_64_bits_is_422_naming_price() {
+        for (price, amount) in [
+            (1i64 << 62, 4i64),
+            (i64::MAX, 2),
+            (3_037_000_500, 3_037_000_500),
+        ] {
+            let mut body = with("price", json!(price));
+            body["amount"] = json!(amount);
+            assert_names(body, "price");
+        }
+    }
+
+    #[test]
+    fn a_bad_username_is_422_naming_username() {
+        for name in [
+            "",
+            " ",
+            &"a".repeat(65),
+            &"é".repeat(65),
+            "bob\n",
+            "bob\0",
+            "tab\there",
+            "bell\x07",
+            "del\x7f",
+        ] {
+            assert_names(with("username", json!(name)), "username");
+        }
+        assert!(
+            parse(
+                with("username", json!("é".repeat(64)))
+                    .to_string()
+                    .as_bytes()
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn no_flag_set_means_no_fault_to_refuse() {
+        assert_eq!(first_fault(&Faults::default()), None);
+        let f = Faults {
+            timeout_deliver: true,
+            kill_inventory: true,
+            ..Faults::default()
+        };
+        assert_eq!(first_fault(&f), Some("kill_inventory"));
+    }
+}

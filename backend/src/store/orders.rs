@@ -1,0 +1,164 @@
+//! The orders read model: the row a POST writes, the upserts of `OrderUpdated`, the reads.
+
+use common::{
+    db::{Db, Tx},
+    domain::{OrderId, OrderStatus, OrderTerms},
+    messages::{OrderUpdated, TimelineEntry},
+};
+use sqlx::{Row, any::AnyRow};
+
+use super::corrupt;
+
+/// An order as the read model knows it, without its timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOrder {
+    pub id: OrderId,
+    pub username: String,
+    pub price: i64,
+    pub amount: i64,
+    pub status: OrderStatus,
+    /// `running`, `compensating` or `done`.
+    pub phase: String,
+    pub placed_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Which orders `/api/orders` wants: newest first, strictly older than `before`.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub username: Option<String>,
+    pub status: Option<OrderStatus>,
+    pub before: Option<OrderId>,
+    pub limit: i64,
+}
+
+const SUMMARY_COLUMNS: &str =
+    "order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms";
+
+/// Writes the order a buyer just placed, before its saga starts, so that it can be read
+/// back at once (as PROCESSING) and is never missing from the read model.
+pub async fn insert_placed(
+    tx: &mut Tx,
+    id: OrderId,
+    terms: &OrderTerms,
+    placed_at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
+         placed_at_ms, updated_at_ms, timeline) VALUES ($1, $2, $3, $4, $5, 'running', 0, 0, $6, $6, '[]')",
+    )
+    .bind(id.to_string())
+    .bind(terms.username.as_str().to_string())
+    .bind(terms.price.get())
+    .bind(terms.amount.get())
+    .bind(OrderStatus::Processing.as_str())
+    .bind(placed_at_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies a saga update unless the row already holds this version or a newer one: events
+/// may be redelivered or overtake each other, and the newest state must win. Returns
+/// whether the row changed.
+pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sqlx::Error> {
+    let timeline =
+        serde_json::to_string(&update.timeline).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let done = sqlx::query(
+        "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
+         placed_at_ms, updated_at_ms, timeline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
+         listed = excluded.listed, version = excluded.version, updated_at_ms = excluded.updated_at_ms, \
+         timeline = excluded.timeline \
+         WHERE orders.version < excluded.version",
+    )
+    .bind(update.order_id.to_string())
+    .bind(update.terms.username.as_str().to_string())
+    .bind(update.terms.price.get())
+    .bind(update.terms.amount.get())
+    .bind(update.status.as_str())
+    .bind(update.phase.clone())
+    .bind(i64::from(update.created))
+    .bind(update.version)
+    .bind(update.placed_at_ms)
+    .bind(update.updated_at_ms)
+    .bind(timeline)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// One order with its timeline, listed or not.
+pub async fn get(
+    db: &Db,
+    id: OrderId,
+) -> Result<Option<(StoredOrder, Vec<TimelineEntry>)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms, timeline \
+         FROM orders WHERE order_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let timeline: String = row.try_get("timeline")?;
+    let timeline = serde_json::from_str(&timeline)
+        .map_err(|e| corrupt(format!("timeline of order {id}: {e}")))?;
+    Ok(Some((summary(&row)?, timeline)))
+}
+
+/// Orders matching `filter`, newest first, at most `filter.limit`.
+pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Error> {
+    // Only the conditions in use are written, so each query can use its index.
+    let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM orders WHERE 1 = 1");
+    let mut params: Vec<String> = Vec::new();
+    let mut condition = |column: &str, op: &str, value: String| {
+        params.push(value);
+        sql.push_str(&format!(" AND {column} {op} ${}", params.len()));
+    };
+    if let Some(username) = &filter.username {
+        condition("username", "=", username.clone());
+    }
+    if let Some(status) = filter.status {
+        condition("status", "=", status.as_str().to_string());
+    }
+    if let Some(before) = filter.before {
+        condition("order_id", "<", before.to_string());
+    }
+    sql.push_str(&format!(
+        " ORDER BY order_id DESC LIMIT ${}",
+        params.len() + 1
+    ));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        query = query.bind(p);
+    }
+    let rows = query.bind(filter.limit).fetch_all(db.pool()).await?;
+    rows.iter().map(summary).collect()
+}
+
+/// Every order whose `order.create` succeeded, oldest first (`/api/all-transaction`).
+pub async fn listed(db: &Db) -> Result<Vec<StoredOrder>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms \
+         FROM orders WHERE listed = 1 ORDER BY order_id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(summary).collect()
+}
+
+fn summary(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {
+    let id: String = row.try_get("order_id")?;
+    let status: String = row.try_get("status")?;
+    Ok(StoredOrder {
+        id: OrderId::parse(&id).map_err(|e| corrupt(format!("order id {id:?}: {e}")))?,
+        username: row.try_get("username")?,
+        price: row.try_get("price")?,
+        amount: row.try_get("amount")?,
+        status: OrderStatus::parse(&status).map_err(|e| corrupt(format!("order {id}: {e}")))?,
+        phase: row.try_get("phase")?,
+        placed_at_ms: row.try_get("placed_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
