@@ -223,12 +223,20 @@ pub async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Val
 
 /// The user's credits, or None for a user the payment worker has not seen (yet).
 pub async fn credits(base_url: &str, username: &str) -> Option<i64> {
-    let r = client().get(format!("{base_url}/api/users/{username}")).send().await.unwrap();
+    let r = client()
+        .get(format!("{base_url}/api/users/{username}"))
+        .send()
+        .await
+        .unwrap();
     if r.status() == 404 {
         return None;
     }
     let v: Value = r.json().await.unwrap();
-    Some(v["credits"].as_i64().unwrap_or_else(|| panic!("credits of {username}: {v}")))
+    Some(
+        v["credits"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("credits of {username}: {v}")),
+    )
 }
 
 pub async fn stock(base_url: &str) -> i64 {
@@ -366,7 +374,11 @@ pub async fn run_scenarios(base_url: &str) {
         // A user whose charge never ran (kill_create, kill_payment) was never seen by
         // payment: unknown to the API, and so still at the initial 500 credits.
         if matches!(s.flag, Some("kill_create" | "kill_payment")) {
-            let r = client().get(format!("{base_url}/api/users/{user}")).send().await.unwrap();
+            let r = client()
+                .get(format!("{base_url}/api/users/{user}"))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 404, "{:?}: payment never saw {user}", s.flag);
         } else {
             wait_for(

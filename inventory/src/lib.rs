@@ -10,7 +10,7 @@ use common::{bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, w
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub use store::Inventory;
+pub use store::{Inventory, stock_product};
 
 /// Opens the inventory database (stocking the product on first start) and starts
 /// consuming inventory commands.
