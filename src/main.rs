@@ -86,5 +86,9 @@ fn healthcheck() -> ExitCode {
         stream.read_exact(&mut head)?;
         Ok(head.starts_with(b"HTTP/1.") && &head[9..12] == b"200")
     })();
-    if ready.unwrap_or(false) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ready.unwrap_or(false) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
