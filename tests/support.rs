@@ -439,3 +439,91 @@ where
     }
     panic!("{what}: condition not reached within 10 s");
 }
+
+/// A child process that is killed if the test ends before stopping it.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Targets as separate processes of the release-profile binary under test.
+pub struct Split {
+    pub backend_url: String,
+    processes: Vec<(String, Process)>,
+}
+
+impl Split {
+    pub async fn start(
+        vhost: &Vhost,
+        data_dir: &std::path::Path,
+        targets: &[&str],
+        extra: &[(&str, String)],
+    ) -> Split {
+        let mut processes = Vec::new();
+        let mut backend_url = String::new();
+        for (i, target) in targets.iter().enumerate() {
+            let port = free_port();
+            let mut env = extra.to_vec();
+            env.push(("HTTP_ADDR", format!("127.0.0.1:{port}")));
+            let env = environment(vhost, data_dir, &env);
+            let log = std::fs::File::create(data_dir.join(format!("{target}-{i}.log"))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_marketplace"))
+                .arg(target)
+                .envs(env)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("marketplace binary starts");
+            processes.push((target.to_string(), Process(child)));
+            let url = format!("http://127.0.0.1:{port}");
+            if *target == "backend" {
+                backend_url = url;
+            } else {
+                let ready = || async {
+                    client()
+                        .get(format!("{url}/readyz"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                };
+                wait_for(ready, &format!("{target} ready")).await;
+            }
+        }
+        wait_until_ready(&backend_url).await;
+        Split {
+            backend_url,
+            processes,
+        }
+    }
+
+    /// SIGTERM to every process; each must exit 0 within 15 s.
+    pub async fn stop(self) {
+        for (target, mut p) in self.processes {
+            let pid = p.0.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            let mut exited = None;
+            for _ in 0..150 {
+                if let Some(status) = p.0.try_wait().unwrap() {
+                    exited = Some(status);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let status =
+                exited.unwrap_or_else(|| panic!("{target} did not exit within 15 s of SIGTERM"));
+            assert!(status.success(), "{target} exited with {status}");
+        }
+    }
+}
