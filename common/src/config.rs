@@ -24,6 +24,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `postgres://…`: PostgreSQL instead of SQLite, one schema per service.
     pub database_url: Option<String>,
+    /// Connections per service pool on PostgreSQL. Small by default: `all` opens seven pools
+    /// against one server, and PostgreSQL's default limit is 100 connections.
+    pub database_pool_size: u32,
     /// How long the manager waits for a step's reply before it times the step out.
     pub step_timeout_ms: i64,
     /// Cap of the backoff between retries of a compensation (they never expire).
@@ -63,6 +66,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "DATABASE_URL",
         "(unset: SQLite)",
         "postgres://… to use PostgreSQL, one schema per service",
+    ),
+    (
+        "DATABASE_POOL_SIZE",
+        "5",
+        "PostgreSQL connections per service",
     ),
     ("STEP_TIMEOUT_MS", "1000", "deadline of each saga step"),
     (
@@ -123,6 +131,8 @@ impl Config {
                 "must be a postgres:// URL (leave it unset for SQLite under DATA_DIR)",
             ));
         }
+        let database_pool_size =
+            positive("DATABASE_POOL_SIZE", var("DATABASE_POOL_SIZE"), 5)?.min(1000) as u32;
         let step_timeout_ms = positive("STEP_TIMEOUT_MS", var("STEP_TIMEOUT_MS"), 1000)?;
         let max_retry_ms = positive(
             "COMPENSATION_MAX_RETRY_MS",
@@ -143,6 +153,7 @@ impl Config {
             http_addr,
             data_dir,
             database_url,
+            database_pool_size,
             step_timeout_ms,
             max_retry_ms,
             initial_credits,

@@ -66,7 +66,7 @@ impl Db {
     ) -> anyhow::Result<Db> {
         let (pool, backend) = match &config.database_url {
             Some(url) => (
-                open_postgres(url, &schema_name(service)).await?,
+                open_postgres(url, &schema_name(service), config.database_pool_size).await?,
                 Backend::Postgres,
             ),
             None => {
@@ -148,7 +148,7 @@ async fn open_sqlite(path: &std::path::Path) -> anyhow::Result<AnyPool> {
         .with_context(|| format!("opening SQLite database {}", path.display()))
 }
 
-async fn open_postgres(url: &str, schema: &str) -> anyhow::Result<AnyPool> {
+async fn open_postgres(url: &str, schema: &str, pool_size: u32) -> anyhow::Result<AnyPool> {
     let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
     let set_path = format!("SET search_path TO \"{schema}\"");
     {
@@ -167,7 +167,9 @@ async fn open_postgres(url: &str, schema: &str) -> anyhow::Result<AnyPool> {
         setup.close().await;
     }
     AnyPoolOptions::new()
-        .max_connections(8)
+        .max_connections(pool_size)
+        // Give idle connections back: bursts must not pin the server's connection slots.
+        .idle_timeout(Duration::from_secs(30))
         .acquire_timeout(Duration::from_secs(5))
         .after_connect(move |conn, _meta| {
             let set_path = set_path.clone();
