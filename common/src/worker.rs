@@ -96,3 +96,21 @@ pub fn consume<L: StepLogic>(
         shutdown,
     ))
 }
+
+/// Starts a step worker on its opened database: its command consumer and its outbox relay.
+pub fn spawn<L: StepLogic>(
+    name: &'static str,
+    db: Db,
+    logic: L,
+    config: &crate::config::Config,
+    shutdown: &Shutdown,
+) -> crate::service::Running {
+    let broker = Broker::start(&config.amqp_url, name, shutdown.clone());
+    let handler = StepHandler {
+        logic,
+        db: db.clone(),
+        stall: Duration::from_millis(config.fault_stall_ms as u64),
+    };
+    let parts = vec![consume(handler, broker.clone(), shutdown.clone())];
+    crate::service::spawn(name, db, broker, parts, shutdown)
+}

@@ -1,9 +1,7 @@
 //! The delivery worker: schedules the delivery of purchased tokens, or cancels it.
 
-use std::time::Duration;
-
 use common::{
-    bus::{Broker, HandlerError},
+    bus::HandlerError,
     config::Config,
     db::{Db, Tx},
     messages::{Step, StepCommand, StepResult, Worker},
@@ -19,14 +17,9 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens the delivery database and starts consuming delivery commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, "delivery", &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(&config.amqp_url, "delivery", shutdown.clone());
-    let handler = worker::StepHandler {
-        logic: Deliveries,
-        db: db.clone(),
-        stall: Duration::from_millis(config.fault_stall_ms as u64),
-    };
-    let parts = vec![worker::consume(handler, broker.clone(), shutdown.clone())];
-    Ok(service::spawn("delivery", db, broker, parts, &shutdown))
+    Ok(worker::spawn(
+        "delivery", db, Deliveries, &config, &shutdown,
+    ))
 }
 
 pub struct Deliveries;

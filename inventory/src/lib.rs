@@ -4,9 +4,7 @@
 
 mod store;
 
-use std::time::Duration;
-
-use common::{bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, worker};
+use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -17,12 +15,11 @@ pub use store::{Inventory, stock_product};
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, "inventory", &MIGRATIONS, &shutdown).await?;
     store::stock_product(&db, config.initial_stock).await?;
-    let broker = Broker::start(&config.amqp_url, "inventory", shutdown.clone());
-    let handler = worker::StepHandler {
-        logic: Inventory,
-        db: db.clone(),
-        stall: Duration::from_millis(config.fault_stall_ms as u64),
-    };
-    let parts = vec![worker::consume(handler, broker.clone(), shutdown.clone())];
-    Ok(service::spawn("inventory", db, broker, parts, &shutdown))
+    Ok(worker::spawn(
+        "inventory",
+        db,
+        Inventory,
+        &config,
+        &shutdown,
+    ))
 }

@@ -69,12 +69,7 @@ pub async fn due(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            let id: String = r.try_get("order_id")?;
-            Ok((OrderId::parse(&id)?, r.try_get("deadline_ms")?))
-        })
-        .collect()
+    deadlines(rows)
 }
 
 /// Every pending deadline, for the timer wheel of a (re)started manager.
@@ -82,6 +77,10 @@ pub async fn all_deadlines(pool: &sqlx::AnyPool) -> anyhow::Result<Vec<(OrderId,
     let rows = sqlx::query("SELECT order_id, deadline_ms FROM sagas WHERE deadline_ms IS NOT NULL")
         .fetch_all(pool)
         .await?;
+    deadlines(rows)
+}
+
+fn deadlines(rows: Vec<sqlx::any::AnyRow>) -> anyhow::Result<Vec<(OrderId, i64)>> {
     rows.into_iter()
         .map(|r| {
             let id: String = r.try_get("order_id")?;

@@ -1,9 +1,7 @@
 //! The order worker: records orders and their final status.
 
-use std::time::Duration;
-
 use common::{
-    bus::{Broker, HandlerError},
+    bus::HandlerError,
     config::Config,
     db::{Db, Tx},
     domain::OrderStatus,
@@ -20,14 +18,7 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens the order database and starts consuming order commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, "order", &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(&config.amqp_url, "order", shutdown.clone());
-    let handler = worker::StepHandler {
-        logic: Orders,
-        db: db.clone(),
-        stall: Duration::from_millis(config.fault_stall_ms as u64),
-    };
-    let parts = vec![worker::consume(handler, broker.clone(), shutdown.clone())];
-    Ok(service::spawn("order", db, broker, parts, &shutdown))
+    Ok(worker::spawn("order", db, Orders, &config, &shutdown))
 }
 
 pub struct Orders;
