@@ -56,6 +56,6 @@ pub async fn start(
         )),
     ];
     let app = router(db.clone(), &config);
-    let running = service::spawn("backend", db, broker, parts, &shutdown);
+    let running = service::spawn("backend", db, broker, parts);
     Ok((running, app))
 }

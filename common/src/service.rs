@@ -35,13 +35,7 @@ impl Readiness {
 /// Starts `parts` (consumers, timers: each returns once `shutdown` fired and its work in
 /// flight is done) and the outbox relay. The relay stops only after every part: handlers
 /// still draining write to the outbox, and their messages must leave before the exit.
-pub fn spawn(
-    name: &'static str,
-    db: Db,
-    broker: Broker,
-    parts: Vec<Part>,
-    _shutdown: &Shutdown,
-) -> Running {
+pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Running {
     let relay_stop = Shutdown::new();
     let relay = tokio::spawn(outbox::relay(
         db.clone(),

@@ -112,5 +112,5 @@ pub fn spawn<L: StepLogic>(
         stall: Duration::from_millis(config.fault_stall_ms as u64),
     };
     let parts = vec![consume(handler, broker.clone(), shutdown.clone())];
-    crate::service::spawn(name, db, broker, parts, shutdown)
+    crate::service::spawn(name, db, broker, parts)
 }

@@ -32,7 +32,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         store,
         shutdown.clone(),
     ))];
-    Ok(service::spawn("dead-letter", db, broker, parts, &shutdown))
+    Ok(service::spawn("dead-letter", db, broker, parts))
 }
 
 pub struct DeadLetterStore {

@@ -62,7 +62,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
     let backstop = backstop(manager, shutdown.clone());
     let parts: Vec<service::Part> =
         vec![Box::pin(consumer), Box::pin(timer_loop), Box::pin(backstop)];
-    Ok(service::spawn("manager", db, broker, parts, &shutdown))
+    Ok(service::spawn("manager", db, broker, parts))
 }
 
 /// Every second, fires the deadlines the database says are due: those of a saga whose
