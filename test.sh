@@ -65,6 +65,16 @@ ensure_postgres() {
     return 1
 }
 
+# Headless Chromium renders /docs in tests-py/test_docs_browser.py. Best effort: without
+# it (no root, no apt) that one test is skipped and says why.
+ensure_chromium() {
+    command -v chromium >/dev/null && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt-get install -y -q chromium >/dev/null || echo "could not install chromium" >&2
+    fi
+    return 0
+}
+
 cargo_build() {
     if [[ -f Cargo.lock ]]; then
         cargo build --release --locked
@@ -106,6 +116,7 @@ run_step "cargo test --workspace" cargo test --workspace --no-fail-fast || true
 
 venv_ok=0
 run_step "python venv (.venv)" setup_venv && venv_ok=1 || true
+run_step "chromium for the /docs browser test" ensure_chromium || true
 
 export MARKETPLACE_BIN="$ROOT/target/release/marketplace"
 if [[ $built -eq 1 && $venv_ok -eq 1 ]]; then

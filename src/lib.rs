@@ -6,6 +6,8 @@ use anyhow::Context;
 use common::{config::Config, health, service::Running, shutdown::Shutdown};
 use tokio::net::TcpListener;
 
+pub mod audit;
+
 /// Every target and what it runs.
 pub const TARGETS: &[(&str, &str)] = &[
     ("all", "every service below in one process (default)"),
@@ -30,6 +32,10 @@ pub async fn serve(
         TARGETS.iter().any(|(t, _)| *t == target),
         "unknown target {target:?}"
     );
+    // A queue declared differently by someone else stops the start with a message that
+    // says which and how; an unreachable broker does not (the services wait for it).
+    common::bus::verify_topology_at_start(&config.amqp_url, std::time::Duration::from_secs(3))
+        .await?;
     let everything = target == "all";
     let wants = |name: &str| everything || target == name;
 
@@ -65,11 +71,11 @@ pub async fn serve(
         );
     }
     if wants("dead-letter") {
-        services.push(
-            dead_letter::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting dead-letter")?,
-        );
+        let (running, api) = dead_letter::start(config.clone(), shutdown.clone())
+            .await
+            .context("starting dead-letter")?;
+        services.push(running);
+        router = router.merge(api);
     }
     if wants("manager") {
         services.push(
@@ -79,15 +85,22 @@ pub async fn serve(
         );
     }
     if wants("backend") {
-        let (running, api) = backend::start(config.clone(), shutdown.clone())
+        // The audit reads every service's store; it is served beside the backend's API.
+        let docs = vec![audit::openapi(), dead_letter::openapi()];
+        router = router.merge(audit::router(config.clone()));
+        let (running, api) = backend::start(config.clone(), shutdown.clone(), docs)
             .await
             .context("starting backend")?;
         services.push(running);
         router = router.merge(api);
     }
+    let metrics = common::metrics::for_instance(&config.amqp_url);
     router = router.merge(health::router(
         services.iter().map(|s| s.readiness.clone()).collect(),
+        metrics.clone(),
     ));
+    // Last: the layer counts the routes that exist when it is added.
+    let router = common::metrics::track_http(router, metrics);
 
     tracing::info!(target, addr = %listener.local_addr()?, "marketplace listening");
     let http = {

@@ -16,6 +16,7 @@ fn help() -> String {
         s.push_str(&format!("  {name:<12} {what}\n"));
     }
     s.push_str("  healthcheck  exit 0 if the process on HTTP_ADDR is ready (for container health checks)\n");
+    s.push_str("  audit [--grace-ms N]\n               check the five invariants across every service's store; prints JSON,\n               exit 0 if they hold, 1 if not, 2 if a store cannot be read\n");
     s.push_str("\nEnvironment:\n");
     for (name, default, what) in common::config::VARIABLES {
         s.push_str(&format!("  {name:<26} {what} [default: {default}]\n"));
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         [cmd] if cmd == "healthcheck" => return healthcheck(),
+        [cmd, rest @ ..] if cmd == "audit" => return audit(rest),
         [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
         _ => {
             eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
@@ -45,9 +47,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Tracing: the standard OTEL_* variables; none set means nothing exported.
+    let tracing = match common::telemetry::Settings::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("marketplace: {e}");
+            return ExitCode::from(2);
+        }
+    };
     common::telemetry::init(&format!("marketplace-{target}"));
+    common::telemetry::install(tracing);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(&target, config)) {
+    let outcome = runtime.block_on(run(&target, config));
+    // Exports the spans still queued (bounded by the export timeout).
+    common::telemetry::shutdown();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "marketplace stopped with an error");
@@ -64,6 +78,54 @@ async fn run(target: &str, config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
     marketplace::serve(target, config, listener, shutdown).await
+}
+
+/// `marketplace audit [--grace-ms N]`: the invariant audit of `GET /api/audit`, run against
+/// the stores the environment points at (DATA_DIR or DATABASE_URL).
+fn audit(args: &[String]) -> ExitCode {
+    let grace_ms = match args {
+        [] => marketplace::audit::DEFAULT_GRACE_MS,
+        [flag, n] if flag == "--grace-ms" => match n.parse::<i64>() {
+            Ok(n) if n >= 0 => n,
+            _ => {
+                eprintln!(
+                    "marketplace audit: --grace-ms takes milliseconds (0 or more), not {n:?}"
+                );
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!(
+                "marketplace audit: unknown arguments {args:?} (usage: marketplace audit [--grace-ms N])"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("marketplace audit: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(marketplace::audit::run(&config, grace_ms)) {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serialises")
+            );
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("marketplace audit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `marketplace healthcheck`: asks `/readyz` of the process on HTTP_ADDR. Distroless images

@@ -5,6 +5,7 @@
 - `split_marketplace`: one process per service (SQLite), as deployed in containers.
 - `backend_marketplace`: parametrized over the three, for the core scenarios.
 - `fault_off_marketplace`: FAULT_INJECTION=off (fault flags must be refused).
+- `chaos_marketplace`: a split instance for the chaos module (test_chaos.py).
 - `start_marketplace`: a factory for one test's own instances (custom env, restarts);
   they are stopped at the end of that test.
 
@@ -27,9 +28,20 @@ import market
 from market import Marketplace, MarketplaceFactory
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "chaos: kills processes and restarts RabbitMQ; runs after everything else")
+
+
+def _order(item) -> int:
+    if item.get_closest_marker("chaos"):
+        return 2
+    return 1 if item.get_closest_marker("last") else 0
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `last` (the session-wide invariants) run after everything else."""
-    items.sort(key=lambda item: 1 if item.get_closest_marker("last") else 0)
+    """Tests marked `last` (the session-wide invariants) run after everything else, and the
+    chaos tests (which restart the machine's RabbitMQ) after those."""
+    items.sort(key=_order)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -120,5 +132,16 @@ def start_marketplace(log_dir, request):
         return factory.start(f"{test}-{name}", **kwargs)
 
     yield start
+    problems = factory.close()
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def chaos_marketplace(log_dir):
+    """A split instance (one process per target) for the chaos module, stopped at its end.
+    A large stock, so that the load never runs out of tokens across the cases."""
+    factory = _TrackingFactory(log_dir)
+    m = factory.start("chaos-split", split=True, env={"INITIAL_STOCK": "1000000"})
+    yield m
     problems = factory.close()
     assert not problems, "\n\n".join(problems)

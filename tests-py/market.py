@@ -136,6 +136,8 @@ class Marketplace:
         self.procs: dict[str, tuple[subprocess.Popen, int]] = {}
         self.exit_code: int | None = None
         self.exit_codes: dict[str, int] = {}
+        # The environment of the processes, kept for restarting one target (`restart_target`).
+        self._env: dict[str, str] = {}
         # Every order id this instance accepted during the session (for the invariants).
         self.placed: list[str] = []
         self._placed_lock = threading.Lock()
@@ -185,30 +187,49 @@ class Marketplace:
             env["DATABASE_URL"] = self.database_url
         env.update(self.extra_env)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._env = env
         targets = SPLIT_TARGETS if self.split else ("all",)
         RUNNING.append(self)
         for target in targets:
             port = self.port if target in ("all", "backend") else free_port()
-            with open(self.log_path, "ab") as log:
-                log.write(f"==== starting {self.name}: {exe} {target} (port {port}, vhost {self.vhost})\n".encode())
-                log.flush()
-                proc = subprocess.Popen(
-                    [str(exe), target],
-                    cwd=str(self.data_dir.parent),
-                    env={**env, "HTTP_ADDR": f"127.0.0.1:{port}"},
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    # Only a prctl call, safe after fork even with threads around.
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509
-                )
-            self.procs[target] = (proc, port)
+            self._spawn(target, port)
         try:
             self._wait_ready()
         except Exception:
             self.kill()
             raise
         return self
+
+    def _spawn(self, target: str, port: int) -> None:
+        exe = binary()
+        with open(self.log_path, "ab") as log:
+            log.write(f"==== starting {self.name}: {exe} {target} (port {port}, vhost {self.vhost})\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                [str(exe), target],
+                cwd=str(self.data_dir.parent),
+                env={**self._env, "HTTP_ADDR": f"127.0.0.1:{port}"},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Only a prctl call, safe after fork even with threads around.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        self.procs[target] = (proc, port)
+
+    def kill_target(self, target: str) -> None:
+        """SIGKILL one process of a running instance (it keeps its port for `restart_target`)."""
+        proc, port = self.procs[target]
+        proc.kill()
+        proc.wait()
+        with open(self.log_path, "ab") as log:
+            log.write(f"==== {self.name} ({target}): SIGKILL\n".encode())
+
+    def restart_target(self, target: str) -> None:
+        """Starts one target again, on the same port, data and vhost, after `kill_target`."""
+        proc, port = self.procs[target]
+        assert proc.poll() is not None, f"{target} is still running"
+        self._spawn(target, port)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT

@@ -101,3 +101,33 @@ def test_a_killed_marketplace_loses_no_accepted_order(start_marketplace):
         i for i, o in finals.items() if any(e["step"] == "order.create" and e["event"] == "done" for e in o["timeline"])
     }
     assert created <= listed
+
+
+def test_a_deadline_that_passed_while_the_manager_was_down_fires_at_once(start_marketplace):
+    """The manager's deadlines are persisted: one that passed while it was down fires as
+    soon as it is back, not a whole step timeout later."""
+    step_timeout_s = 5
+    m = start_marketplace("deadline", split=True, env={"STEP_TIMEOUT_MS": str(step_timeout_s * 1000)})
+    user = unique("deadline")
+    order = m.buy(user, price=10, amount=1, timeout_deliver=True)
+    deadline = time.monotonic() + 5
+    while True:
+        timeline = m.order(order).json().get("timeline", [])
+        if any(e["step"] == "delivery.schedule" and e["event"] == "sent" for e in timeline):
+            break
+        assert time.monotonic() < deadline, f"delivery.schedule never sent: {timeline}"
+        time.sleep(0.02)
+
+    m.kill_target("manager")
+    time.sleep(step_timeout_s + 0.5)  # the delivery's deadline passes while the manager is down
+    restarted = time.monotonic()
+    m.restart_target("manager")
+    final = m.wait_final(order, timeout=15)
+    took = time.monotonic() - restarted
+    assert final["status"] == "TIMEOUT", final
+    # A timer armed afresh would fire a whole step timeout after the restart.
+    assert took < step_timeout_s - 2, f"the overdue deadline fired {took:.1f} s after the restart"
+    # And the compensations ran: the charge is refunded (after the stalled delivery's late
+    # run finds its tombstone, stock is whole again too).
+    m.wait_until("credits", lambda: m.credits(user), m.initial_credits, timeout=15)
+    m.wait_until("stock", m.stock, m.initial_stock, timeout=15)

@@ -64,3 +64,27 @@ async fn a_restarted_marketplace_keeps_balances_stock_and_orders() {
     shutdown.cancel();
     task.await.unwrap().expect("drains cleanly");
 }
+
+/// With no OTLP endpoint nothing is exported, but the order still has a trace id and its
+/// steps span ids (the W3C context crosses every service; log lines carry the same ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_carries_its_trace_id_without_a_collector() {
+    let m = InProcess::start(&[]).await;
+    let id = purchase(
+        &m.base_url,
+        serde_json::json!({"username": "traced", "price": 1, "amount": 1}),
+    )
+    .await;
+    let order = final_order(&m.base_url, &id, std::time::Duration::from_secs(5)).await;
+    let hex = |v: &serde_json::Value, len: usize| {
+        v.as_str()
+            .is_some_and(|s| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    assert!(hex(&order["trace_id"], 32), "{order:#}");
+    let timeline = order["timeline"].as_array().unwrap();
+    assert!(
+        timeline.iter().all(|e| hex(&e["span_id"], 16)),
+        "every step has its span: {timeline:#?}"
+    );
+    m.stop().await.expect("drains cleanly");
+}

@@ -15,7 +15,12 @@ pub struct Vhost {
 
 impl Vhost {
     pub fn create() -> Vhost {
-        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+        Self::create_named(&format!("test-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Creates the vhost `name` (which must not exist) for the life of the value.
+    pub fn create_named(name: &str) -> Vhost {
+        let name = name.to_string();
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         Vhost { name }
@@ -32,6 +37,27 @@ impl Drop for Vhost {
             .args(["delete_vhost", &self.name])
             .output();
     }
+}
+
+/// A plain AMQP connection to `vhost`, for tests that publish or consume on their own.
+pub async fn amqp_connection(vhost: &Vhost) -> lapin::Connection {
+    amqp_connection_to(&vhost.amqp_url()).await
+}
+
+/// A plain AMQP connection to `url`.
+pub async fn amqp_connection_to(url: &str) -> lapin::Connection {
+    lapin::Connection::connect_with_runtime(
+        url,
+        lapin::ConnectionProperties::default(),
+        async_rs::Runtime::tokio_current(),
+    )
+    .await
+    .expect("connects to RabbitMQ")
+}
+
+/// Runs `rabbitmqctl` and panics with its error output if it fails.
+pub fn rabbitmqctl_ok(args: &[&str]) {
+    rabbitmqctl(args)
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -55,9 +81,15 @@ pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl PgDatabase {
     pub fn create() -> PgDatabase {
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        Self::create_named(&format!("test_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Creates the database `name` (which must not exist) for the life of the value.
+    pub fn create_named(name: &str) -> PgDatabase {
         psql(&format!("CREATE DATABASE {name}"));
-        PgDatabase { name }
+        PgDatabase {
+            name: name.to_string(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -425,6 +457,18 @@ pub async fn run_scenarios(base_url: &str) {
     assert_eq!(listed, sorted, "all-transaction is oldest first");
 }
 
+/// Waits (up to 10 s) until `/readyz` at `url` answers 200: `what` names it in the panic.
+pub async fn wait_for_readyz(url: &str, what: &str) {
+    let ready = || async {
+        client()
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    };
+    wait_for(ready, &format!("{what} ready")).await;
+}
+
 /// Polls `check` for up to 10 s: read models follow the workers by a few milliseconds.
 pub async fn wait_for<F, Fut>(check: F, what: &str)
 where
@@ -491,14 +535,7 @@ impl Split {
             if *target == "backend" {
                 backend_url = url;
             } else {
-                let ready = || async {
-                    client()
-                        .get(format!("{url}/readyz"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
-                };
-                wait_for(ready, &format!("{target} ready")).await;
+                wait_for_readyz(&url, target).await;
             }
         }
         wait_until_ready(&backend_url).await;

@@ -22,6 +22,11 @@ pub use projection::Projection;
 /// The backend's own migrations (versions from 1000; below belongs to `common`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How many events the projection may have in flight. Versions make it correct in any
+/// order (a stale event changes nothing); one at a time would cost a broker round trip per
+/// event and hold the read model tens of seconds behind the sagas under load.
+const PROJECTION_PREFETCH: u16 = 32;
+
 /// How many analytics deliveries may be in flight: counting is keyed by order id, so their
 /// order does not matter.
 const ANALYTICS_PREFETCH: u16 = 16;
@@ -29,21 +34,23 @@ const ANALYTICS_PREFETCH: u16 = 16;
 /// Opens the backend's database, starts its consumers (projections and analytics) and
 /// returns the running service and the HTTP router (API, `/docs`, `/api-docs/openapi.json`;
 /// not `/healthz` and `/readyz`, which `main` merges for every target).
+///
+/// `extra_docs` are the OpenAPI documents of routes served beside the backend's (see
+/// [`api::router_with_docs`]).
 pub async fn start(
     config: Config,
     shutdown: Shutdown,
+    extra_docs: Vec<utoipa::openapi::OpenApi>,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
     let db = Db::open(&config, "backend", &MIGRATIONS, &shutdown)
         .await
         .context("opening the backend database")?;
     let broker = Broker::start(&config.amqp_url, "backend", shutdown.clone());
     let parts: Vec<service::Part> = vec![
-        // One at a time keeps the events in their publication order; versions make the
-        // projection correct without it, but fewer stale writes are wasted.
         Box::pin(bus::consume(
             broker.clone(),
             topology::BACKEND_EVENTS_QUEUE,
-            1,
+            PROJECTION_PREFETCH,
             Arc::new(Projection::new(db.clone())),
             shutdown.clone(),
         )),
@@ -54,8 +61,37 @@ pub async fn start(
             Arc::new(Analytics::new(db.clone())),
             shutdown.clone(),
         )),
+        Box::pin(sweep_idempotency_keys(
+            db.clone(),
+            config.idempotency_key_ttl,
+            shutdown.clone(),
+        )),
     ];
-    let app = router(db.clone(), &config);
+    let app = api::router_with_docs(db.clone(), &config, extra_docs);
     let running = service::spawn("backend", db, broker, parts);
     Ok((running, app))
+}
+
+/// Forgets `Idempotency-Key`s older than `ttl`, checking a few times per `ttl` (at most
+/// every minute), until `shutdown`. A failed sweep is retried at the next tick.
+async fn sweep_idempotency_keys(db: Db, ttl: std::time::Duration, shutdown: Shutdown) {
+    let period = (ttl / 4).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(60),
+    );
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let before = common::time::now_ms().saturating_sub(ttl_ms);
+        match store::idempotency::sweep(&db, before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(forgotten = n, "idempotency keys past their TTL"),
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeping idempotency keys failed; retrying later")
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@ use common::{
     db::Db,
     inbox,
     messages::Event,
+    telemetry::{self, Context},
 };
 
 use crate::store;
@@ -27,6 +28,7 @@ impl Projection {
     /// Applies one event, in one transaction with its inbox record. `message_id` identifies
     /// the delivery: a second call with the same id changes nothing.
     pub async fn apply(&self, message_id: &str, event: &Event) -> Result<(), HandlerError> {
+        let _span = telemetry::transaction("backend", &self.db, "projection", &Context::current());
         let mut tx = self.db.begin().await?;
         if !inbox::first_delivery(&mut tx, message_id).await? {
             return Ok(());

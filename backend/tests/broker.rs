@@ -79,7 +79,9 @@ async fn a_purchase_reaches_the_manager_and_its_events_reach_the_read_models() {
     })
     .unwrap();
     let shutdown = Shutdown::new();
-    let (running, router) = backend::start(config, shutdown.clone()).await.unwrap();
+    let (running, router) = backend::start(config, shutdown.clone(), Vec::new())
+        .await
+        .unwrap();
 
     // The purchase leaves through the outbox for the manager's queue.
     let (status, body) = call(
@@ -136,6 +138,7 @@ async fn a_purchase_reaches_the_manager_and_its_events_reach_the_read_models() {
         routing_key: topology::RK_ORDER_UPDATED.into(),
         correlation_id: Some(id.to_string()),
         payload: serde_json::to_string(&event).unwrap(),
+        headers: None,
     };
     assert_eq!(publisher.publish_all(&[pending]).await.unwrap().len(), 1);
 

@@ -157,13 +157,14 @@ async fn the_timeline_is_served_with_step_names_and_rfc3339_times() {
         step: Step::ChargePayment,
         event: "refused".into(),
         detail: Some("insufficient_funds".into()),
+        span_id: None,
     };
     app.project(Event::OrderUpdated(update)).await;
     let order = app.get(&format!("/api/orders/{id}")).await.body;
     assert_eq!(order["total"], 502);
     assert_eq!(
         order["timeline"][0],
-        json!({"seq": 1, "at": "2023-11-14T22:13:20Z", "step": "order.create", "event": "sent"})
+        json!({"seq": 1, "at": "2023-11-14T22:13:20.000Z", "step": "order.create", "event": "sent"})
     );
     assert_eq!(
         order["timeline"][3],

@@ -23,12 +23,19 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::ConsumerMetrics;
+use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, config::redact, outbox::Pending, shutdown::Shutdown, topology};
 
 /// A supervised connection to RabbitMQ. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
     current: watch::Receiver<Option<Arc<Connection>>>,
+    /// The service this connection belongs to: its publish and consume spans carry the
+    /// service's own tracer (so its own `service.name`), also when services share a process.
+    service: Arc<str>,
+    /// The metrics of the marketplace this broker serves (the consume loop records into it).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Broker {
@@ -37,9 +44,25 @@ impl Broker {
     pub fn start(url: &str, service: &str, shutdown: Shutdown) -> Broker {
         let (tx, rx) = watch::channel(None);
         let url = url.to_string();
+        let service_name: Arc<str> = service.into();
         let service = service.to_string();
+        let metrics = crate::metrics::for_instance(&url);
         tokio::spawn(supervise(url, service, tx, shutdown));
-        Broker { current: rx }
+        Broker {
+            current: rx,
+            service: service_name,
+            metrics,
+        }
+    }
+
+    /// The metrics of the marketplace instance this broker belongs to.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// The service this connection belongs to.
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     pub fn is_connected(&self) -> bool {
@@ -75,13 +98,19 @@ impl Broker {
     }
 }
 
+const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(1);
+
 async fn supervise(
     url: String,
     service: String,
     tx: watch::Sender<Option<Arc<Connection>>>,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Capped at 1 s: while the broker is back and one service is not, the others' commands
+    // wait in its queue against their deadlines, so every second of catching up costs
+    // orders (TIMEOUT). A connection attempt a second, with jitter, costs the broker nothing.
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CAP);
     while !shutdown.is_cancelled() {
         match connect(&url, &service).await {
             Ok(conn) => {
@@ -105,7 +134,11 @@ async fn supervise(
             }
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::warn!(service, error = %format!("{e:#}"), ?delay, "RabbitMQ not reachable; retrying");
+                if let Some(conflicts) = e.downcast_ref::<TopologyConflicts>() {
+                    tracing::error!(service, ?delay, "{conflicts}");
+                } else {
+                    tracing::warn!(service, error = %format!("{e:#}"), ?delay, "RabbitMQ not reachable; retrying");
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
@@ -116,48 +149,41 @@ async fn supervise(
 }
 
 async fn connect(url: &str, service: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(service.to_string().into());
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect_with_runtime(url, props, async_rs::Runtime::tokio_current()),
-    )
-    .await
-    .context("connecting timed out")??;
-    let channel = conn.create_channel().await?;
-    declare_topology(&channel).await?;
-    let _ = channel.close(200, "topology declared".into()).await;
+    let conn = open_connection(url, service, Duration::from_secs(10)).await?;
+    if let Err(e) = declare_topology(&conn).await {
+        close(&conn, "topology").await;
+        return Err(e);
+    }
     Ok(conn)
 }
 
-/// Declares every exchange, queue and binding (idempotent). A queue that exists with other
-/// arguments makes RabbitMQ refuse the declaration: the error names the queue.
-pub async fn declare_topology(channel: &Channel) -> anyhow::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    for (name, kind) in [
-        (topology::EXCHANGE, ExchangeKind::Topic),
-        (topology::EVENTS_EXCHANGE, ExchangeKind::Topic),
-        (topology::DLX_EXCHANGE, ExchangeKind::Fanout),
-    ] {
-        channel
-            .exchange_declare(name.into(), kind, durable, FieldTable::default())
-            .await
-            .with_context(|| format!("declaring exchange {name}"))?;
+/// A connection named `name` (as RabbitMQ lists it), or an error after `wait`.
+async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    tokio::time::timeout(
+        wait,
+        Connection::connect_with_runtime(url, props, async_rs::Runtime::tokio_current()),
+    )
+    .await
+    .context("connecting timed out")?
+    .map_err(Into::into)
+}
+
+/// Closes `conn`, waiting at most 2 s for the broker's answer.
+pub async fn close(conn: &Connection, reason: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, reason.into())).await;
+}
+
+/// Declares every exchange, queue and binding (idempotent), after checking that whatever
+/// already exists was declared the way the marketplace needs it. A conflict is a
+/// [`TopologyConflicts`] error that names each queue and argument.
+pub async fn declare_topology(conn: &Connection) -> anyhow::Result<()> {
+    let conflicts = check_topology(conn).await?;
+    if !conflicts.is_empty() {
+        return Err(TopologyConflicts(conflicts).into());
     }
+    let channel = conn.create_channel().await?;
     for q in topology::QUEUES {
-        channel
-            .queue_declare(q.name.into(), QueueDeclareOptions::durable(), queue_arguments(q.dead_letters))
-            .await
-            .with_context(|| {
-                format!(
-                    "declaring queue {:?}: if it exists with other arguments (it must be a quorum queue{}), \
-                     delete it or use another vhost",
-                    q.name,
-                    if q.dead_letters { " with a delivery limit and the dead-letter exchange" } else { "" }
-                )
-            })?;
         for key in q.bindings {
             channel
                 .queue_bind(
@@ -171,7 +197,159 @@ pub async fn declare_topology(channel: &Channel) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {} to {} with {key:?}", q.name, q.exchange))?;
         }
     }
+    let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
+}
+
+/// Something on the broker that was declared differently from what the marketplace needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyConflict {
+    /// `queue "payment"` or `exchange "marketplace"`.
+    pub what: String,
+    /// What differs, in words (from RabbitMQ's PRECONDITION_FAILED text).
+    pub detail: String,
+}
+
+/// Every conflict found by [`check_topology`]; its text tells the operator what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyConflicts(pub Vec<TopologyConflict>);
+
+impl std::fmt::Display for TopologyConflicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "RabbitMQ holds {} declared differently from what the marketplace needs:",
+            if self.0.len() == 1 {
+                "an object"
+            } else {
+                "objects"
+            }
+        )?;
+        for c in &self.0 {
+            writeln!(f, "  - {}: {}", c.what, c.detail)?;
+        }
+        write!(
+            f,
+            "Queues must be quorum queues; all but {:?} with x-delivery-limit={} and \
+             x-dead-letter-exchange={:?} (at-least-once, reject-publish). Delete the objects \
+             named above once they are empty (`rabbitmqctl delete_queue NAME`; their messages \
+             would be lost), or point AMQP_URL at another vhost.",
+            topology::DEAD_LETTER_QUEUE,
+            topology::DELIVERY_LIMIT,
+            topology::DLX_EXCHANGE,
+        )
+    }
+}
+
+impl std::error::Error for TopologyConflicts {}
+
+/// Declares each exchange and queue with the arguments the marketplace needs, each on a
+/// channel of its own (RabbitMQ closes the channel that a refused declaration used), and
+/// collects every refusal. What did not exist is created; what exists with the same
+/// arguments is left alone. Errors other than a refusal (the connection failed) are
+/// returned as such.
+pub async fn check_topology(conn: &Connection) -> anyhow::Result<Vec<TopologyConflict>> {
+    let mut conflicts = Vec::new();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, kind) in [
+        (topology::EXCHANGE, ExchangeKind::Topic),
+        (topology::EVENTS_EXCHANGE, ExchangeKind::Topic),
+        (topology::DLX_EXCHANGE, ExchangeKind::Fanout),
+    ] {
+        let channel = conn.create_channel().await?;
+        match channel
+            .exchange_declare(name.into(), kind.clone(), durable, FieldTable::default())
+            .await
+        {
+            Ok(()) => {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+            Err(e) => conflicts.push(refusal(format!("exchange {name:?}"), e)?),
+        }
+    }
+    for q in topology::QUEUES {
+        let channel = conn.create_channel().await?;
+        match channel
+            .queue_declare(
+                q.name.into(),
+                QueueDeclareOptions::durable(),
+                queue_arguments(q.dead_letters),
+            )
+            .await
+        {
+            Ok(_) => {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+            Err(e) => conflicts.push(refusal(format!("queue {:?}", q.name), e)?),
+        }
+    }
+    Ok(conflicts)
+}
+
+/// A declaration's error as a conflict when RabbitMQ refused it (PRECONDITION_FAILED);
+/// any other error is passed on.
+fn refusal(what: String, error: lapin::Error) -> anyhow::Result<TopologyConflict> {
+    let text = error.to_string();
+    if !text.contains("PRECONDITION_FAILED") {
+        return Err(anyhow::Error::new(error).context(format!("declaring {what}")));
+    }
+    Ok(TopologyConflict {
+        what,
+        detail: explain_refusal(&text),
+    })
+}
+
+/// Turns RabbitMQ's "inequivalent arg 'x-queue-type' for queue 'order' in vhost '/':
+/// received the value 'quorum' of type 'longstr' but current is none" into
+/// "x-queue-type is none; needed: 'quorum'". Unknown shapes are kept whole.
+fn explain_refusal(text: &str) -> String {
+    let Some(arg_start) = text.find("inequivalent arg '") else {
+        return text.to_string();
+    };
+    let rest = &text[arg_start + "inequivalent arg '".len()..];
+    let Some(arg_end) = rest.find('\'') else {
+        return text.to_string();
+    };
+    let arg = &rest[..arg_end];
+    let received = rest
+        .find("received ")
+        .map(|i| &rest[i + "received ".len()..]);
+    let (wanted, current) = match received.and_then(|r| r.split_once(" but current is ")) {
+        Some((wanted, current)) => (wanted.trim_start_matches("the value "), current),
+        None => return text.to_string(),
+    };
+    let current = current
+        .trim_end_matches(|c: char| c == '"' || c == ')' || c.is_whitespace())
+        .trim_start_matches("the value ");
+    // "'quorum' of type 'longstr'" reads better as "'quorum'".
+    let value = |v: &'_ str| v.split(" of type ").next().unwrap_or(v).to_string();
+    format!("{arg} is {}; needed: {}", value(current), value(wanted))
+}
+
+/// Checks the broker at `url` once, for a service's start: conflicts are an error that
+/// says what is wrong; a broker that cannot be reached within `wait` is not (the
+/// supervisor connects later, and checks again then).
+pub async fn verify_topology_at_start(url: &str, wait: Duration) -> anyhow::Result<()> {
+    let conn = match open_connection(url, "topology check", wait).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), url = %redact(url), "RabbitMQ not reachable at start; the topology is checked once it is");
+            return Ok(());
+        }
+    };
+    let result = check_topology(&conn).await;
+    close(&conn, "checked").await;
+    match result {
+        Ok(conflicts) if conflicts.is_empty() => Ok(()),
+        Ok(conflicts) => Err(TopologyConflicts(conflicts).into()),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "topology check interrupted; the services check again when they connect");
+            Ok(())
+        }
+    }
 }
 
 /// Quorum queues: replicated, and they count deliveries, so a message that keeps failing
@@ -248,9 +426,11 @@ impl Publisher {
     }
 
     async fn try_publish_all(&mut self, batch: &[Pending]) -> anyhow::Result<Vec<String>> {
+        let service = self.broker.service.clone();
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(batch.len());
         for m in batch {
+            let span = publish_span(&service, m);
             let mut props = BasicProperties::default()
                 .with_message_id(m.id.clone().into())
                 .with_content_type("application/json".into())
@@ -259,6 +439,14 @@ impl Publisher {
                 .with_timestamp(crate::time::now_ms() as u64 / 1000);
             if let Some(c) = &m.correlation_id {
                 props = props.with_correlation_id(c.clone().into());
+            }
+            let trace = telemetry::inject(span.context());
+            if !trace.is_empty() {
+                let mut headers = FieldTable::default();
+                for (k, v) in trace {
+                    headers.insert(k.into(), AMQPValue::LongString(v.into()));
+                }
+                props = props.with_headers(headers);
             }
             let confirm = channel
                 .basic_publish(
@@ -272,16 +460,18 @@ impl Publisher {
                     props,
                 )
                 .await?;
-            confirms.push((m, confirm));
+            confirms.push((m, confirm, span));
         }
         let mut confirmed = Vec::with_capacity(batch.len());
-        for (m, confirm) in confirms {
+        for (m, confirm, span) in confirms {
             match confirm.await? {
                 Confirmation::Ack(None) => confirmed.push(m.id.clone()),
                 Confirmation::Ack(Some(_returned)) => {
+                    span.set_error("unroutable");
                     tracing::error!(routing_key = %m.routing_key, id = %m.id, "message was unroutable; kept in the outbox")
                 }
                 Confirmation::Nack(_) => {
+                    span.set_error("refused by the broker");
                     tracing::warn!(id = %m.id, "broker refused the message; kept in the outbox")
                 }
                 Confirmation::NotRequested => {
@@ -291,6 +481,116 @@ impl Publisher {
         }
         Ok(confirmed)
     }
+}
+
+/// The producer span of one publish (messaging semantic conventions), child of the context
+/// the message was enqueued in; the consumer's span becomes its child.
+fn publish_span(service: &str, m: &Pending) -> Span {
+    let parent = match &m.headers {
+        Some(h) => telemetry::extract(h.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        None => telemetry::Context::new(),
+    };
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", "send"),
+        KeyValue::new("messaging.operation.name", "publish"),
+        KeyValue::new("messaging.destination.name", m.exchange.clone()),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            m.routing_key.clone(),
+        ),
+        KeyValue::new("messaging.message.id", m.id.clone()),
+    ];
+    if let Some(c) = &m.correlation_id {
+        attributes.push(KeyValue::new(
+            "messaging.message.conversation_id",
+            c.clone(),
+        ));
+    }
+    Span::start(
+        service,
+        format!("publish {}", m.routing_key),
+        SpanKind::Producer,
+        &parent,
+        attributes,
+    )
+}
+
+/// Runs a handler inside a consumer span (messaging semantic conventions), child of the
+/// publish span whose context the message carries in its headers (a dead letter keeps the
+/// headers of the message it was). One span per attempt: a transient failure retried in
+/// place shows as several.
+struct Traced<H> {
+    inner: Arc<H>,
+    service: Arc<str>,
+    queue: &'static str,
+}
+
+impl<H: Handler> Handler for Traced<H> {
+    async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
+        let span = process_span(&self.service, self.queue, msg);
+        let work = self.inner.handle(msg);
+        let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
+        match &result {
+            Ok(()) => {}
+            Err(HandlerError::Permanent(e)) => {
+                span.set_error(format!("rejected to the dead-letter store: {e:#}"))
+            }
+            Err(HandlerError::Transient(e)) => span.set_error(format!("transient, retried: {e:#}")),
+        }
+        result
+    }
+}
+
+fn process_span(service: &str, queue: &str, msg: &Incoming) -> Span {
+    let headers: Vec<(&str, &str)> = msg
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    AMQPValue::LongString(s) => {
+                        Some((k.as_str(), std::str::from_utf8(s.as_bytes()).ok()?))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let parent = telemetry::extract(headers);
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", msg.exchange.clone()),
+        KeyValue::new("messaging.destination.subscription.name", queue.to_string()),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            msg.routing_key.clone(),
+        ),
+        KeyValue::new("messaging.message.id", msg.message_id.clone()),
+    ];
+    if let Some(c) = &msg.correlation_id {
+        attributes.push(KeyValue::new(
+            "messaging.message.conversation_id",
+            c.clone(),
+        ));
+    }
+    if msg.redelivered || msg.delivery_count() > 0 {
+        attributes.push(KeyValue::new(
+            "messaging.rabbitmq.delivery_count",
+            msg.delivery_count(),
+        ));
+    }
+    Span::start(
+        service,
+        format!("process {queue}"),
+        SpanKind::Consumer,
+        &parent,
+        attributes,
+    )
 }
 
 /// A consumed message, as handlers see it.
@@ -360,9 +660,18 @@ pub async fn consume<H: Handler>(
     handler: Arc<H>,
     shutdown: Shutdown,
 ) {
+    let handler = Arc::new(Traced {
+        inner: handler,
+        service: broker.service.clone(),
+        queue,
+    });
     let tracker = TaskTracker::new();
+    let counters = broker.metrics.consumer(queue);
     while let Some(conn) = broker.connection(&shutdown).await {
-        if let Err(e) = consume_on(&conn, queue, prefetch, &handler, &tracker, &shutdown).await {
+        let on = consume_on(
+            &conn, queue, prefetch, &handler, &tracker, &shutdown, &counters,
+        );
+        if let Err(e) = on.await {
             tracing::warn!(queue, error = %format!("{e:#}"), "consumer stopped; resuming on the next connection");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -381,6 +690,7 @@ async fn consume_on<H: Handler>(
     handler: &Arc<H>,
     tracker: &TaskTracker,
     shutdown: &Shutdown,
+    counters: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
     channel
@@ -409,7 +719,7 @@ async fn consume_on<H: Handler>(
                 Some(Ok(delivery)) => {
                     let handler = handler.clone();
                     let shutdown = shutdown.clone();
-                    tracker.spawn(process(delivery, handler, queue, shutdown));
+                    tracker.spawn(process(delivery, handler, queue, shutdown, counters.clone()));
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("consumer of {queue} was cancelled"),
@@ -423,6 +733,7 @@ async fn process<H: Handler>(
     handler: Arc<H>,
     queue: &'static str,
     shutdown: Shutdown,
+    counters: ConsumerMetrics,
 ) {
     let msg = Incoming {
         message_id: delivery
@@ -442,10 +753,17 @@ async fn process<H: Handler>(
         redelivered: delivery.redelivered,
         properties: delivery.properties,
     };
+    if msg.redelivered || msg.delivery_count() > 0 {
+        counters.redelivered.inc();
+    }
     let acker = delivery.acker;
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // A message without an id cannot be deduplicated: it is rejected to the dead-letter
+    // store, where the queue has one. A queue that dead-letters nowhere (the store's own)
+    // would drop it instead, so its handler gets it and must cope (the store makes one up).
+    let reject_without_id = topology::dead_letters(queue);
     loop {
-        let outcome = if msg.message_id.is_empty() {
+        let outcome = if msg.message_id.is_empty() && reject_without_id {
             Err(HandlerError::Permanent(anyhow::anyhow!(
                 "message has no message_id"
             )))
@@ -453,6 +771,7 @@ async fn process<H: Handler>(
             match AssertUnwindSafe(handler.handle(&msg)).catch_unwind().await {
                 Ok(r) => r,
                 Err(_) => {
+                    counters.transient.inc();
                     // A panic may repeat on every delivery: requeue, and the queue's delivery
                     // limit sends it to the dead-letter store after a few attempts.
                     tracing::error!(queue, id = %msg.message_id, "handler panicked; requeueing");
@@ -468,17 +787,20 @@ async fn process<H: Handler>(
         };
         match outcome {
             Ok(()) => {
+                counters.ok.inc();
                 if let Err(e) = acker.ack(BasicAckOptions::default()).await {
                     tracing::warn!(queue, error = %e, "ack failed; the message will be redelivered and deduplicated");
                 }
                 return;
             }
             Err(HandlerError::Permanent(e)) => {
+                counters.permanent.inc();
                 tracing::error!(queue, id = %msg.message_id, error = %format!("{e:#}"), "rejecting message to the dead-letter store");
                 let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
                 return;
             }
             Err(HandlerError::Transient(e)) => {
+                counters.transient.inc();
                 if shutdown.is_cancelled() {
                     let _ = acker
                         .nack(BasicNackOptions {

@@ -41,6 +41,8 @@ pub struct Config {
     pub fault_stall_ms: i64,
     /// SIGTERM: how long in-flight work may take to drain before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// How long an `Idempotency-Key` is remembered; a retry after that places a new order.
+    pub idempotency_key_ttl: Duration,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -65,7 +67,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "DATABASE_URL",
         "(unset: SQLite)",
-        "postgres://… to use PostgreSQL, one schema per service",
+        "postgres://… to use PostgreSQL: one schema per service, or a database per service with {service} in the URL",
     ),
     (
         "DATABASE_POOL_SIZE",
@@ -95,8 +97,63 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "10000",
         "bound on draining in-flight work at SIGTERM",
     ),
+    (
+        "IDEMPOTENCY_KEY_TTL_MS",
+        "86400000",
+        "how long an Idempotency-Key is remembered (longer than any client's retries)",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
+    (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "(unset: no tracing)",
+        "OTLP collector, e.g. http://signoz-otel-collector:4317 (grpc) or :4318 (http)",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "(unset)",
+        "traces URL used as is (http: ends in /v1/traces); overrides the above",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf",
+        "grpc or http/protobuf",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "(unset)",
+        "k=v,... sent with every export (e.g. signoz-ingestion-key=...)",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "10000",
+        "bound on one export, ms (in the background)",
+    ),
+    (
+        "OTEL_SERVICE_NAME",
+        "(unset)",
+        "prefix of each service's service.name (none: backend, manager, ...)",
+    ),
+    (
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "(unset)",
+        "k=v,... added to every span's resource",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_always_on",
+        "always_on, always_off, traceidratio, parentbased_*",
+    ),
+    (
+        "OTEL_TRACES_SAMPLER_ARG",
+        "1.0",
+        "ratio for the *traceidratio samplers",
+    ),
+    (
+        "OTEL_SDK_DISABLED",
+        "false",
+        "true: no tracing whatever else is set",
+    ),
 ];
 
 impl Config {
@@ -148,6 +205,11 @@ impl Config {
             step_timeout_ms.saturating_mul(2),
         )?;
         let shutdown_ms = positive("SHUTDOWN_TIMEOUT_MS", var("SHUTDOWN_TIMEOUT_MS"), 10_000)?;
+        let idempotency_ms = positive(
+            "IDEMPOTENCY_KEY_TTL_MS",
+            var("IDEMPOTENCY_KEY_TTL_MS"),
+            24 * 60 * 60 * 1000,
+        )?;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -161,6 +223,7 @@ impl Config {
             fault_injection,
             fault_stall_ms,
             shutdown_timeout: Duration::from_millis(shutdown_ms as u64),
+            idempotency_key_ttl: Duration::from_millis(idempotency_ms as u64),
         })
     }
 }
@@ -256,6 +319,8 @@ mod tests {
         assert_eq!((c.initial_credits, c.initial_stock), (500, 500));
         assert!(c.fault_injection);
         assert!(c.database_url.is_none());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 60 * 60));
     }
 
     #[test]
@@ -268,6 +333,7 @@ mod tests {
             ("HTTP_ADDR", "localhost"),
             ("AMQP_URL", "http://x"),
             ("DATABASE_URL", "mysql://x"),
+            ("IDEMPOTENCY_KEY_TTL_MS", "a day"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.variable, name);

@@ -64,24 +64,60 @@ impl Db {
         service: &str,
         migrations: &'static Migrator,
     ) -> anyhow::Result<Db> {
+        let db = Self::connect(config, service, config.database_pool_size, true).await?;
+        migrate(&db.pool, &COMMON_MIGRATIONS)
+            .await
+            .context("shared migrations")?;
+        migrate(&db.pool, migrations)
+            .await
+            .with_context(|| format!("{service} migrations"))?;
+        Ok(db)
+    }
+
+    /// Opens the existing database of `service` to read it (the audit), without migrating
+    /// it and without creating it: a service that never started has no store, which is
+    /// an error here.
+    pub async fn attach(config: &Config, service: &str) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        Self::connect(config, service, 1, false).await
+    }
+
+    /// The pool of `service`'s database (its schema, on PostgreSQL); `create` makes the
+    /// SQLite file (and DATA_DIR) or the PostgreSQL schema when missing, else a missing
+    /// one is an error.
+    async fn connect(
+        config: &Config,
+        service: &str,
+        pool_size: u32,
+        create: bool,
+    ) -> anyhow::Result<Db> {
         let (pool, backend) = match &config.database_url {
             Some(url) => (
-                open_postgres(url, &schema_name(service), config.database_pool_size).await?,
+                open_postgres(
+                    &service_url(url, service),
+                    &schema_name(service),
+                    pool_size,
+                    create,
+                )
+                .await?,
                 Backend::Postgres,
             ),
             None => {
-                std::fs::create_dir_all(&config.data_dir)
-                    .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
                 let path = config.data_dir.join(format!("{service}.db"));
-                (open_sqlite(&path).await?, Backend::Sqlite)
+                if create {
+                    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                        format!("creating DATA_DIR {}", config.data_dir.display())
+                    })?;
+                } else {
+                    anyhow::ensure!(
+                        path.exists(),
+                        "{service} has no database at {} (has it ever started with this DATA_DIR?)",
+                        path.display()
+                    );
+                }
+                (open_sqlite(&path, create).await?, Backend::Sqlite)
             }
         };
-        migrate(&pool, &COMMON_MIGRATIONS)
-            .await
-            .context("shared migrations")?;
-        migrate(&pool, migrations)
-            .await
-            .with_context(|| format!("{service} migrations"))?;
         Ok(Db {
             pool,
             backend,
@@ -123,13 +159,22 @@ impl Db {
     }
 }
 
+/// `DATABASE_URL` may name a database per service with `{service}`
+/// (`postgres://…/marketplace_{service}`); without it, every service shares the one
+/// database, each in a schema of its own. Either way one URL finds every store, which is
+/// what the audit needs.
+fn service_url(url: &str, service: &str) -> String {
+    url.replace("{service}", &schema_name(service))
+}
+
 /// PostgreSQL identifiers cannot hold `-`.
 fn schema_name(service: &str) -> String {
     service.replace('-', "_")
 }
 
-async fn open_sqlite(path: &std::path::Path) -> anyhow::Result<AnyPool> {
-    let url = format!("sqlite://{}?mode=rwc", path.display());
+async fn open_sqlite(path: &std::path::Path, create: bool) -> anyhow::Result<AnyPool> {
+    let mode = if create { "rwc" } else { "rw" };
+    let url = format!("sqlite://{}?mode={mode}", path.display());
     AnyPoolOptions::new()
         .max_connections(1)
         .min_connections(1)
@@ -148,10 +193,15 @@ async fn open_sqlite(path: &std::path::Path) -> anyhow::Result<AnyPool> {
         .with_context(|| format!("opening SQLite database {}", path.display()))
 }
 
-async fn open_postgres(url: &str, schema: &str, pool_size: u32) -> anyhow::Result<AnyPool> {
-    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+async fn open_postgres(
+    url: &str,
+    schema: &str,
+    pool_size: u32,
+    create_schema: bool,
+) -> anyhow::Result<AnyPool> {
     let set_path = format!("SET search_path TO \"{schema}\"");
-    {
+    if create_schema {
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
         let setup = AnyPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
@@ -159,7 +209,7 @@ async fn open_postgres(url: &str, schema: &str, pool_size: u32) -> anyhow::Resul
             .await
             .with_context(|| format!("connecting to {}", redact(url)))?;
         // Two services may race to create their schemas in a fresh database.
-        if let Err(e) = setup.execute(sqlx::AssertSqlSafe(create.clone())).await
+        if let Err(e) = setup.execute(sqlx::AssertSqlSafe(create)).await
             && !e.to_string().contains("already exists")
         {
             return Err(e).context("creating schema");

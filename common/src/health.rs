@@ -1,16 +1,33 @@
-//! `/healthz` (the process answers) and `/readyz` (RabbitMQ and the database answer), on
-//! every target.
+//! `/healthz` (the process answers), `/readyz` (RabbitMQ and the database answer) and
+//! `/metrics` (Prometheus text), on every target.
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use serde_json::{Map, Value, json};
 
-use crate::service::Readiness;
+use crate::{metrics::Metrics, service::Readiness};
 
-pub fn router(services: Vec<Readiness>) -> Router {
+pub fn router(services: Vec<Readiness>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .with_state(services)
+        .with_state(services.clone())
+        .route("/metrics", get(serve_metrics))
+        .with_state((services, metrics))
+}
+
+async fn serve_metrics(
+    State((services, metrics)): State<(Vec<Readiness>, Arc<Metrics>)>,
+) -> impl IntoResponse {
+    let body = metrics.scrape(&services).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
 
 async fn readyz(State(services): State<Vec<Readiness>>) -> (StatusCode, Json<Value>) {

@@ -207,6 +207,11 @@ pub struct DeadLettered {
     pub step: Option<Step>,
     pub dead_letter_id: String,
     pub reason: String,
+    /// When the dead letter is the saga's own `PlaceOrder` (so the saga never started): the
+    /// order it carried, which the manager needs to record the order as finished. Absent
+    /// from older senders, hence the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub place_order: Option<PlaceOrder>,
 }
 
 /// Everything the manager's queue may carry.
@@ -230,6 +235,11 @@ pub struct TimelineEntry {
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The span of this entry in the order's trace (16 hex digits): the step attempt's span
+    /// for `sent` and its outcome, else the span of the work that recorded it. Absent when
+    /// tracing is off, and from entries recorded before tracing existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }
 
 /// The saga's state after a transition, as the read models see it. Carries the whole
@@ -248,6 +258,9 @@ pub struct OrderUpdated {
     pub placed_at_ms: i64,
     pub updated_at_ms: i64,
     pub timeline: Vec<TimelineEntry>,
+    /// The order's trace (32 hex digits), when traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A user's balance changed (published by payment; `version` orders the updates).

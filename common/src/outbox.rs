@@ -7,7 +7,7 @@
 //! confirm and the delete publishes a row again, with the same message id, and the
 //! consumer's inbox drops the duplicate.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -17,6 +17,7 @@ use crate::{
     bus::{Broker, Publisher},
     db::{Db, Tx},
     shutdown::Shutdown,
+    telemetry::{self, Context},
     time::now_ms,
 };
 
@@ -28,9 +29,14 @@ pub struct Pending {
     pub routing_key: String,
     pub correlation_id: Option<String>,
     pub payload: String,
+    /// AMQP headers to publish with it: the W3C trace context (`traceparent`,
+    /// `tracestate`) of the work that wrote it, captured at enqueue time because the relay
+    /// publishes later, outside that work. None: no trace.
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
-/// Adds a message to the outbox inside `tx`; returns its message id.
+/// Adds a message to the outbox inside `tx`, in the trace of the current context; returns
+/// its message id.
 pub async fn enqueue(
     tx: &mut Tx,
     exchange: &str,
@@ -38,21 +44,73 @@ pub async fn enqueue(
     correlation_id: Option<String>,
     body: &impl Serialize,
 ) -> Result<String, sqlx::Error> {
-    let id = uuid::Uuid::now_v7().to_string();
-    let payload = serde_json::to_string(body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
-        "INSERT INTO outbox (id, exchange, routing_key, correlation_id, payload, created_at_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    enqueue_in(
+        tx,
+        &Context::current(),
+        exchange,
+        routing_key,
+        correlation_id,
+        body,
     )
-    .bind(&id)
-    .bind(exchange)
-    .bind(routing_key)
-    .bind(correlation_id)
-    .bind(payload)
+    .await
+}
+
+/// [`enqueue`], as a child of `cx` instead of the current context (the manager sends each
+/// saga step's command in that step's span).
+pub async fn enqueue_in(
+    tx: &mut Tx,
+    cx: &Context,
+    exchange: &str,
+    routing_key: &str,
+    correlation_id: Option<String>,
+    body: &impl Serialize,
+) -> Result<String, sqlx::Error> {
+    let payload = serde_json::to_string(body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let headers = telemetry::inject(cx);
+    let message = Pending {
+        id: uuid::Uuid::now_v7().to_string(),
+        exchange: exchange.into(),
+        routing_key: routing_key.into(),
+        correlation_id,
+        payload,
+        headers: (!headers.is_empty()).then_some(headers),
+    };
+    enqueue_pending(tx, &message).await?;
+    Ok(message.id)
+}
+
+/// The trace context (`traceparent`, `tracestate`) among message headers stored as a JSON
+/// object, e.g. a dead letter's: its replay then continues the trace it was part of.
+pub fn trace_headers_from_json(headers: &str) -> Option<BTreeMap<String, String>> {
+    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(headers).ok()?;
+    let trace: BTreeMap<String, String> = all
+        .into_iter()
+        .filter(|(k, _)| k == "traceparent" || k == "tracestate")
+        .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+        .collect();
+    (!trace.is_empty()).then_some(trace)
+}
+
+/// Adds an already-formed message, keeping its id (a replayed dead letter keeps its
+/// original message id, so the consumer's inbox still recognises it).
+pub async fn enqueue_pending(tx: &mut Tx, message: &Pending) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (id, exchange, routing_key, correlation_id, payload, created_at_ms, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&message.id)
+    .bind(&message.exchange)
+    .bind(&message.routing_key)
+    .bind(&message.correlation_id)
+    .bind(&message.payload)
     .bind(now_ms())
+    .bind(match &message.headers {
+        Some(h) => Some(serde_json::to_string(h).map_err(|e| sqlx::Error::Encode(Box::new(e)))?),
+        None => None,
+    })
     .execute(&mut **tx)
     .await?;
-    Ok(id)
+    Ok(())
 }
 
 /// How many messages wait in the outbox (a metric, and a test probe).
@@ -69,9 +127,13 @@ const BACKSTOP: Duration = Duration::from_secs(1);
 /// Publishes the outbox until `shutdown`, then flushes what is left (bounded by the caller).
 pub async fn relay(db: Db, broker: Broker, shutdown: Shutdown) {
     let wake = db.outbox_wake();
-    let mut publisher = Publisher::new(broker);
+    let mut publisher = Publisher::new(broker.clone());
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
+        // While the broker is away (the supervisor logs that), rows simply wait.
+        if !broker.is_connected() && broker.connection(&shutdown).await.is_none() {
+            break;
+        }
         match flush(&db, &mut publisher).await {
             Ok(()) => backoff.reset(),
             Err(e) => {
@@ -126,7 +188,7 @@ pub async fn flush(db: &Db, publisher: &mut Publisher) -> anyhow::Result<()> {
 
 async fn pending(db: &Db) -> Result<Vec<Pending>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, exchange, routing_key, correlation_id, payload FROM outbox ORDER BY id LIMIT $1",
+        "SELECT id, exchange, routing_key, correlation_id, payload, headers FROM outbox ORDER BY id LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(db.pool())
@@ -139,7 +201,27 @@ async fn pending(db: &Db) -> Result<Vec<Pending>, sqlx::Error> {
                 routing_key: r.try_get("routing_key")?,
                 correlation_id: r.try_get("correlation_id")?,
                 payload: r.try_get("payload")?,
+                // Unreadable headers only cost the trace link, never the message.
+                headers: r
+                    .try_get::<Option<String>, _>("headers")?
+                    .and_then(|h| serde_json::from_str(&h).ok()),
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_header_table_gives_back_only_its_trace_context() {
+        let stored = r#"{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "x-death": [{"count": 1}], "x-delivery-count": 5}"#;
+        let trace = trace_headers_from_json(stored).unwrap();
+        assert_eq!(trace.len(), 1);
+        assert!(trace["traceparent"].starts_with("00-0af7"));
+        assert_eq!(trace_headers_from_json(r#"{"x-death": []}"#), None);
+        assert_eq!(trace_headers_from_json("not json"), None);
+    }
 }

@@ -52,8 +52,7 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         relay_stop.cancel();
         let _ = relay.await;
         if let Some(conn) = broker.try_connection() {
-            let close = conn.close(200, "shutting down".into());
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), close).await;
+            crate::bus::close(&conn, "shutting down").await;
         }
         db.pool().close().await;
         tracing::info!(service = name, "stopped");

@@ -10,23 +10,33 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 (UTC, millisecond precision) for the API.
+/// RFC 3339 (UTC, always three fractional digits, so the strings sort and align) for the API.
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn rfc3339_formats_utc_milliseconds() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_500), "1970-01-01T00:00:01.5Z");
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::rfc3339(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(
+            super::rfc3339(1_795_251_127_800),
+            "2026-11-21T08:52:07.800Z"
+        );
     }
 }

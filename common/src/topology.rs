@@ -118,3 +118,12 @@ pub const QUEUES: &[QueueSpec] = &[
         dead_letters: false,
     },
 ];
+
+/// Whether a message rejected from `queue` goes to the dead-letter exchange (true for any
+/// queue not in [`QUEUES`], which are not ours to judge).
+pub fn dead_letters(queue: &str) -> bool {
+    QUEUES
+        .iter()
+        .find(|q| q.name == queue)
+        .is_none_or(|q| q.dead_letters)
+}

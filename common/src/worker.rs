@@ -10,6 +10,7 @@ use crate::{
     messages::{Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker},
     outbox,
     shutdown::Shutdown,
+    telemetry::{self, Context, KeyValue},
     topology,
 };
 
@@ -50,6 +51,24 @@ impl<L: StepLogic> Handler for StepHandler<L> {
             tracing::info!(order_id = %cmd.order_id, step = cmd.step.name(), "fault injection: stalling");
             tokio::time::sleep(self.stall).await;
         }
+        let service = worker_name(L::WORKER);
+        let span = telemetry::transaction(service, &self.db, cmd.step.name(), &Context::current());
+        span.set_attribute(KeyValue::new(
+            "marketplace.order_id",
+            cmd.order_id.to_string(),
+        ));
+        let work = self.apply_in_tx(msg, &cmd);
+        let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
+        if let Err(e) = &result {
+            span.set_error(e.to_string());
+        }
+        result
+    }
+}
+
+impl<L: StepLogic> StepHandler<L> {
+    /// The step, its inbox record and its reply, in one transaction.
+    async fn apply_in_tx(&self, msg: &Incoming, cmd: &StepCommand) -> Result<(), HandlerError> {
         let mut tx = self.db.begin().await?;
         if !inbox::first_delivery(&mut tx, &msg.message_id).await? {
             tracing::debug!(id = %msg.message_id, "duplicate delivery; acknowledged again");
@@ -60,7 +79,7 @@ impl<L: StepLogic> Handler for StepHandler<L> {
                 error: format!("injected fault: {} killed", cmd.step.name()),
             }
         } else {
-            self.logic.apply(&mut tx, &cmd).await?
+            self.logic.apply(&mut tx, cmd).await?
         };
         tracing::info!(order_id = %cmd.order_id, step = cmd.step.name(), ?result, "step handled");
         let reply = ManagerMessage::StepReply(StepReply {
@@ -79,6 +98,16 @@ impl<L: StepLogic> Handler for StepHandler<L> {
         tx.commit().await?;
         self.db.wake_outbox();
         Ok(())
+    }
+}
+
+/// The service name of a worker, as in logs, traces and the `marketplace` targets.
+pub fn worker_name(worker: Worker) -> &'static str {
+    match worker {
+        Worker::Order => "order",
+        Worker::Payment => "payment",
+        Worker::Inventory => "inventory",
+        Worker::Delivery => "delivery",
     }
 }
 

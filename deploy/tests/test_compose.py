@@ -103,7 +103,9 @@ def test_each_service_has_its_own_database_which_the_init_script_creates(model):
                and v["source"] == str(INIT_SQL) for v in postgres["volumes"])
     databases = []
     for target in TARGETS:
-        url = urlsplit(model["services"][target]["environment"]["DATABASE_URL"])
+        # `{service}` is expanded by each service to its own name (`-` becomes `_`).
+        template = model["services"][target]["environment"]["DATABASE_URL"]
+        url = urlsplit(template.replace("{service}", target.replace("-", "_")))
         assert url.scheme == "postgres" and url.hostname == "postgres" and url.port == 5432
         assert url.username == postgres["environment"]["POSTGRES_USER"]
         assert url.password == postgres["environment"]["POSTGRES_PASSWORD"]

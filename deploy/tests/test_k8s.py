@@ -124,13 +124,30 @@ def test_telemetry_goes_to_the_signoz_collector(rendered, overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_ingress_exposes_the_api_and_swagger_and_nothing_else(rendered, overlay):
     (route,) = by_kind(rendered[overlay], "IngressRoute").values()
-    (rule,) = route["spec"]["routes"]
+    (rule,) = [r for r in route["spec"]["routes"] if r["services"][0]["name"] == "backend"]
     for prefix in ("/api", "/api-docs", "/docs"):
         assert f"PathPrefix(`{prefix}`)" in rule["match"]
     assert "/metrics" not in rule["match"] and "/healthz" not in rule["match"]
     assert [s["name"] for s in rule["services"]] == ["backend"]
     if overlay == "prod":
         assert route["spec"]["entryPoints"] == ["websecure"] and "tls" in route["spec"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_sends_dead_letters_to_the_dead_letter_service_on_the_same_host(rendered, overlay):
+    (route,) = by_kind(rendered[overlay], "IngressRoute").values()
+    routes = route["spec"]["routes"]
+    assert sorted(s["name"] for r in routes for s in r["services"]) == ["backend", "dead-letter"]
+    (api,) = [r for r in routes if r["services"][0]["name"] == "backend"]
+    (dead,) = [r for r in routes if r["services"][0]["name"] == "dead-letter"]
+    assert dead["match"].endswith("PathPrefix(`/api/dead-letters`)")
+    assert "/metrics" not in dead["match"] and "/healthz" not in dead["match"]
+    host = api["match"].split(" && ")[0]
+    assert host.startswith("Host(") and dead["match"].startswith(host + " && "), (api["match"], dead["match"])
+    # Traefik ranks a rule without a priority by its length: the narrower prefix must win
+    # over the backend's /api.
+    assert dead.get("priority", len(dead["match"])) > api.get("priority", len(api["match"]))
+    assert dead["services"][0]["port"] == "http"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -33,7 +33,7 @@ impl StepLogic for Inventory {
 /// current stock (every start: the read models may be new).
 pub async fn stock_product(db: &Db, initial_stock: i64) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO products (product, stock, version) VALUES ($1, $2, 0) ON CONFLICT (product) DO NOTHING")
+    sqlx::query("INSERT INTO products (product, stock, version, opening_stock) VALUES ($1, $2, 0, $2) ON CONFLICT (product) DO NOTHING")
         .bind(PRODUCT)
         .bind(initial_stock)
         .execute(&mut *tx)

@@ -2,6 +2,7 @@
 //! transaction with the inbox and the outbox; `timers` fires deadlines; `store` is the SQL.
 
 mod handler;
+mod metrics;
 pub mod saga;
 mod store;
 mod timers;
@@ -40,6 +41,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
             max_retry_ms: config.max_retry_ms,
         },
         timers: timers.clone(),
+        metrics: broker.metrics().clone(),
     };
     let consumer = bus::consume(
         broker.clone(),

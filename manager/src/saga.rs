@@ -71,6 +71,41 @@ pub struct Saga {
     pub updated_at_ms: i64,
     /// The whole history, seq from 1.
     pub timeline: Vec<TimelineEntry>,
+    /// The order's trace, so that every transition (also one a deadline causes, with no
+    /// message to carry a context) joins it. Absent when tracing is off, and from sagas
+    /// stored before tracing existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<SagaTrace>,
+}
+
+/// Where a saga stands in its order's trace. Filled and read by the handler only: the
+/// decisions never look at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaTrace {
+    /// 32 hex digits.
+    pub trace_id: String,
+    /// The span that started the saga (the manager's consumption of `PlaceOrder`).
+    pub parent_span_id: String,
+    /// The saga's own span (16 hex digits), recorded when the saga finishes; every step
+    /// attempt is its child.
+    pub span_id: String,
+    pub sampled: bool,
+    pub started_at_ms: i64,
+    /// The step attempt in flight: its span is recorded when its reply, deadline or dead
+    /// letter closes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenStep>,
+}
+
+/// A step command sent and not answered yet, as a span waiting to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenStep {
+    pub step: Step,
+    pub span_id: String,
+    pub sent_at_ms: i64,
+    /// `attempt N` of a retried compensation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// What can happen to a saga.
@@ -82,6 +117,9 @@ pub enum Input {
     Deadline,
     /// A command or reply of this saga was dead-lettered; `step` when it could be read.
     DeadLettered { step: Option<Step>, reason: String },
+    /// A `PlaceOrder` of this order was dead-lettered although its saga exists: a duplicate
+    /// (e.g. a redelivery that kept failing), so it concerns no step in flight.
+    PlaceOrderDeadLettered { reason: String },
 }
 
 /// The result of a decision: the saga to persist and the commands to publish with it.
@@ -116,9 +154,45 @@ impl Saga {
             placed_at_ms,
             updated_at_ms: now_ms,
             timeline: Vec::new(),
+            trace: None,
         };
         let mut draft = Draft::new(&saga, now_ms);
         draft.run_forward(Step::CreateOrder, timing);
+        draft.finish()
+    }
+
+    /// The saga of an order whose `PlaceOrder` was dead-lettered before any saga existed.
+    /// No command was ever sent, so nothing was charged or reserved and nothing needs
+    /// undoing: it is finished at once as UNKNOWN, so that the order does not stay
+    /// PROCESSING, and a later `PlaceOrder` (a replay) finds it and changes nothing.
+    pub fn never_placed(
+        order_id: OrderId,
+        terms: OrderTerms,
+        faults: Faults,
+        placed_at_ms: i64,
+        reason: String,
+        now_ms: i64,
+    ) -> Transition {
+        let saga = Saga {
+            order_id,
+            terms,
+            faults,
+            created: false,
+            state: SagaState::Done {
+                status: OrderStatus::Unknown,
+            },
+            version: 0,
+            placed_at_ms,
+            updated_at_ms: now_ms,
+            timeline: Vec::new(),
+            trace: None,
+        };
+        let mut draft = Draft::new(&saga, now_ms);
+        draft.record(
+            Step::CreateOrder,
+            "dead_lettered",
+            Some(format!("the order was never placed: {reason}")),
+        );
         draft.finish()
     }
 
@@ -152,6 +226,11 @@ impl Saga {
                 let step = step.unwrap_or(awaited);
                 self.record_ignored(step, format!("dead letter: {reason}"), now_ms)
             }
+            Input::PlaceOrderDeadLettered { reason } => self.record_ignored(
+                Step::CreateOrder,
+                format!("dead letter of a duplicate PlaceOrder: {reason}"),
+                now_ms,
+            ),
         }
     }
 
@@ -377,6 +456,7 @@ impl Draft {
             step,
             event: event.to_owned(),
             detail,
+            span_id: None,
         });
     }
 
@@ -735,7 +815,8 @@ mod tests {
                 at_ms: T0,
                 step: Step::CreateOrder,
                 event: "sent".into(),
-                detail: None
+                detail: None,
+                span_id: None,
             }]
         );
     }
@@ -1446,6 +1527,99 @@ mod tests {
                 assert_unchanged(&saga, &t);
             }
         }
+    }
+
+    // ---- a dead-lettered PlaceOrder ------------------------------------------------------
+
+    fn never_placed() -> Transition {
+        Saga::never_placed(
+            order_id(),
+            terms(),
+            Faults::default(),
+            PLACED,
+            "rejected (dead letter 42)".into(),
+            T0,
+        )
+    }
+
+    #[test]
+    fn a_place_order_dead_lettered_before_the_saga_started_finishes_unknown_without_a_command() {
+        let t = never_placed();
+
+        assert!(!t.ignored);
+        assert!(t.commands.is_empty(), "nothing ran, so nothing to undo");
+        assert_eq!(
+            t.saga.state,
+            SagaState::Done {
+                status: OrderStatus::Unknown
+            }
+        );
+        assert_eq!(
+            (t.saga.status(), t.saga.phase(), t.saga.deadline_ms()),
+            (OrderStatus::Unknown, "done", None)
+        );
+        assert!(!t.saga.created, "never listed by /api/all-transaction");
+        assert_eq!(
+            t.saga.version, 1,
+            "a version above the backend's PROCESSING row"
+        );
+        assert_eq!((t.saga.placed_at_ms, t.saga.updated_at_ms), (PLACED, T0));
+        assert_eq!(events(&t.saga), vec![(Step::CreateOrder, "dead_lettered")]);
+        assert!(
+            last_entry(&t.saga)
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("never placed") && d.contains("dead letter 42")),
+            "{:?}",
+            t.saga.timeline
+        );
+    }
+
+    #[test]
+    fn a_never_placed_saga_ignores_every_later_input() {
+        let saga = never_placed().saga;
+        let inputs = [
+            Input::Deadline,
+            reply(Step::CreateOrder, StepResult::Done),
+            dead_letter(None),
+            dead_letter(Some(Step::CreateOrder)),
+            Input::PlaceOrderDeadLettered {
+                reason: "again".into(),
+            },
+        ];
+        for input in inputs {
+            let t = when(&saga, input.clone(), T0 + 1);
+
+            assert_unchanged(&saga, &t);
+        }
+    }
+
+    const DUPLICATE: &str = "dead letter of a duplicate PlaceOrder: rejected";
+
+    #[test]
+    fn a_duplicate_place_order_dead_lettered_while_running_is_recorded_and_changes_nothing() {
+        for step in Step::FORWARD {
+            let saga = given_running(step);
+
+            let t = when(
+                &saga,
+                Input::PlaceOrderDeadLettered {
+                    reason: "rejected".into(),
+                },
+                T0 + 5,
+            );
+
+            assert_ignored_with_a_trace(&saga, &t, Step::CreateOrder, DUPLICATE);
+        }
+        let compensating = given_compensating();
+        let t = when(
+            &compensating,
+            Input::PlaceOrderDeadLettered {
+                reason: "rejected".into(),
+            },
+            T0 + 5,
+        );
+        assert_ignored_with_a_trace(&compensating, &t, Step::CreateOrder, DUPLICATE);
     }
 
     // ---- faults --------------------------------------------------------------------------

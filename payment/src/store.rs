@@ -38,7 +38,7 @@ impl Payments {
         let order_id = cmd.order_id.to_string();
         let username = cmd.terms.username.as_str();
         let total = cmd.terms.total().get();
-        let opened = sqlx::query("INSERT INTO accounts (username, credits, version) VALUES ($1, $2, 0) ON CONFLICT (username) DO NOTHING")
+        let opened = sqlx::query("INSERT INTO accounts (username, credits, version, opening_credits) VALUES ($1, $2, 0, $2) ON CONFLICT (username) DO NOTHING")
             .bind(username)
             .bind(self.initial_credits)
             .execute(&mut **tx)

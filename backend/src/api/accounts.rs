@@ -8,7 +8,7 @@ use common::domain::Username;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{AppState, error::ApiError};
+use super::{ApiError, AppState};
 use crate::store;
 
 /// A buyer's balance.

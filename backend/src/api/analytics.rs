@@ -7,7 +7,7 @@ use common::domain::OrderStatus;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{AppState, error::ApiError};
+use super::{ApiError, AppState};
 use crate::store;
 
 /// What the marketplace sold, over every finished order.

@@ -11,14 +11,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub mod accounts;
 pub mod analytics;
-pub mod error;
 pub mod orders;
 pub mod purchase;
 
-pub use error::{ApiError, ErrorBody};
-
-/// Bodies above this are refused with 413 before they are parsed.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub use common::http_error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -31,6 +27,20 @@ pub struct AppState {
 /// The API, `/docs` and `/api-docs/openapi.json` over `db`. Needs no broker: a purchase
 /// only writes the database and its outbox, which the service's relay publishes.
 pub fn router(db: Db, config: &Config) -> Router {
+    router_with_docs(db, config, Vec::new())
+}
+
+/// [`router`], with `extra_docs` (the OpenAPI documents of routes other services serve
+/// beside this API: dead letters, audit) merged into the one document at `/docs`.
+pub fn router_with_docs(
+    db: Db,
+    config: &Config,
+    extra_docs: Vec<utoipa::openapi::OpenApi>,
+) -> Router {
+    let mut doc = ApiDoc::openapi();
+    for extra in extra_docs {
+        doc.merge(extra);
+    }
     let state = AppState {
         db,
         fault_injection: config.fault_injection,
@@ -48,8 +58,12 @@ pub fn router(db: Db, config: &Config) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("no such path".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            "backend",
+            common::telemetry::http::trace_requests,
+        ))
         .with_state(state)
-        .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", doc))
 }
 
 /// The OpenAPI document.

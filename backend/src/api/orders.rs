@@ -13,7 +13,7 @@ use common::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{AppState, error::ApiError};
+use super::{ApiError, AppState};
 use crate::store::{self, orders::StoredOrder};
 
 /// An order as `/api/all-transaction` lists it (the compatibility contract's shape).
@@ -69,6 +69,11 @@ pub struct TimelineItem {
     pub event: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// This event's span in the order's trace (16 hex digits): the step attempt's span for
+    /// `sent` and its outcome. Absent when tracing is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "b7ad6b7169203331")]
+    pub span_id: Option<String>,
 }
 
 /// An order with its saga's timeline, oldest event first.
@@ -76,9 +81,10 @@ pub struct TimelineItem {
 #[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
     "amount": 2, "total": 20, "status": "INSUFFICIENT_FUND", "phase": "done",
     "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z",
+    "trace_id": "0af7651916cd43dd8448eb211c80319c",
     "timeline": [
-        {"seq": 1, "at": "2026-10-01T12:00:00.124Z", "step": "order.create", "event": "sent"},
-        {"seq": 2, "at": "2026-10-01T12:00:00.125Z", "step": "order.create", "event": "done"},
+        {"seq": 1, "at": "2026-10-01T12:00:00.124Z", "step": "order.create", "event": "sent", "span_id": "b7ad6b7169203331"},
+        {"seq": 2, "at": "2026-10-01T12:00:00.125Z", "step": "order.create", "event": "done", "span_id": "b7ad6b7169203331"},
         {"seq": 3, "at": "2026-10-01T12:00:00.125Z", "step": "payment.charge", "event": "sent"},
         {"seq": 4, "at": "2026-10-01T12:00:00.127Z", "step": "payment.charge", "event": "refused", "detail": "insufficient_funds"},
         {"seq": 5, "at": "2026-10-01T12:00:00.127Z", "step": "order.reject", "event": "sent"},
@@ -86,6 +92,10 @@ pub struct TimelineItem {
 pub struct OrderDetail {
     #[serde(flatten)]
     pub order: OrderSummary,
+    /// The order's trace in the tracing backend (32 hex digits; in SigNoz: `/trace/{trace_id}`).
+    /// Null when tracing is off.
+    #[schema(example = "0af7651916cd43dd8448eb211c80319c")]
+    pub trace_id: Option<String>,
     pub timeline: Vec<TimelineItem>,
 }
 
@@ -204,6 +214,7 @@ impl From<&TimelineEntry> for TimelineItem {
             step: e.step.name().to_string(),
             event: e.event.clone(),
             detail: e.detail.clone(),
+            span_id: e.span_id.clone(),
         }
     }
 }
@@ -255,11 +266,12 @@ pub async fn get_order(
 ) -> Result<Json<OrderDetail>, ApiError> {
     let Path(id) = id?;
     let id = OrderId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let (order, timeline) = store::orders::get(&app.db, id)
+    let (order, timeline, trace_id) = store::orders::get(&app.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("order {id} not found")))?;
     Ok(Json(OrderDetail {
         order: OrderSummary::from(&order),
+        trace_id,
         timeline: timeline.iter().map(TimelineItem::from).collect(),
     }))
 }

@@ -1,11 +1,14 @@
 //! `POST /api/purchase/`: parse the request at the edge, then write the order and its
 //! `PlaceOrder` message in one transaction. The saga runs afterwards; the buyer gets 202.
+//!
+//! With an `Idempotency-Key` header, the key, the canonical request and the answer are
+//! written in that same transaction, so a retried request (a lost answer, a client
+//! timeout) finds the order it already placed instead of placing a second one.
 
 use axum::{
-    Json,
     body::Bytes,
     extract::{State, rejection::BytesRejection},
-    http::{StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use common::{
@@ -19,8 +22,15 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{AppState, error::ApiError};
-use crate::store;
+use super::{ApiError, AppState};
+use crate::store::{self, idempotency::Recorded};
+
+/// The request header that makes a purchase idempotent.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header that marks an answer replayed from an earlier request.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The longest key accepted, in characters (= bytes: keys are ASCII).
+pub const MAX_KEY_LEN: usize = 255;
 
 // Documentation only: the body is parsed field by field by `parse`, so that every refusal
 // names its field; this struct only describes it to OpenAPI.
@@ -63,7 +73,8 @@ pub struct PurchaseAccepted {
 }
 
 /// A purchase request after parsing: only valid terms and known flags get this far.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Its JSON form is the request's canonical form (see [`fingerprint`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Purchase {
     pub terms: OrderTerms,
     pub faults: Faults,
@@ -122,6 +133,55 @@ pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
         timeout_deliver: timeout_deliver?,
     };
     Ok(Purchase { terms, faults })
+}
+
+/// A client's `Idempotency-Key`: 1 to [`MAX_KEY_LEN`] visible ASCII characters, so that
+/// it reads the same in logs, in the database and in any HTTP stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The key of a request, if it has one. A bad key, or more than one, is 400 naming the
+    /// header: guessing which one the client meant could place an order twice.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(ApiError::BadRequest(
+                "Idempotency-Key: given more than once".into(),
+            ));
+        }
+        Self::parse(value).map(Some)
+    }
+
+    pub fn parse(value: &HeaderValue) -> Result<Self, ApiError> {
+        let bytes = value.as_bytes();
+        let visible = bytes.iter().all(|b| b.is_ascii_graphic());
+        if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !visible {
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters \
+                 (no spaces), got {} bytes{}",
+                bytes.len(),
+                if visible { "" } else { " with others" }
+            )));
+        }
+        // Visible ASCII is UTF-8.
+        Ok(Self(String::from_utf8_lossy(bytes).into_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The canonical form of a purchase: its parsed value as JSON, fields in a fixed order and
+/// flags defaulted, so that whitespace, key order and `"kill_payment": false` versus no
+/// flag at all make no difference. Stored whole rather than hashed: it is short (a
+/// username is at most 64 characters) and can be read when a 409 is investigated.
+pub fn fingerprint(purchase: &Purchase) -> String {
+    serde_json::to_string(purchase).expect("a parsed purchase always serializes")
 }
 
 /// The first fault flag set, by its contract name.
@@ -194,18 +254,40 @@ fn kind(v: &Value) -> &'static str {
 /// Accepts the order and starts its saga; the answer does not wait for the outcome. The
 /// body is read as JSON whatever its Content-Type. `POST /api/purchase` (no trailing
 /// slash) is the same operation.
+///
+/// Send an `Idempotency-Key` to make retries safe: the same key with the same request
+/// (compared after parsing: whitespace, key order and flags given as `false` do not
+/// matter) is answered exactly as the first time, same `order_id`, with
+/// `Idempotent-Replayed: true`, and places nothing new; the same key with a different
+/// request is 409. Keys are global, not per user: use a random one (a UUID) per purchase.
 #[utoipa::path(
     post,
     path = "/api/purchase/",
     tag = "orders",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 255 visible ASCII characters (a UUID does). The same key and request \
+answer the first request's order again; the same key and another request is 409.",
+            example = "0b6f6d0e-8f5c-4a43-9a8e-2d1f6f3c9a71"),
+    ),
     request_body(content = PurchaseRequest, description = "What to buy, and optional fault flags"),
     responses(
-        (status = 202, description = "Accepted; the saga is running", body = PurchaseAccepted,
-            headers(("location" = String, description = "Where to follow the order"))),
-        (status = 400, description = "The body is not a JSON object", body = ApiError,
-            example = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"})),
+        (status = 202, description = "Accepted; the saga is running (or, with a known \
+Idempotency-Key and the same request, the first answer replayed)", body = PurchaseAccepted,
+            headers(
+                ("location" = String, description = "Where to follow the order"),
+                ("idempotent-replayed" = String,
+                    description = "`true` when this answer replays an earlier request with the same Idempotency-Key; absent otherwise"),
+            )),
+        (status = 400, description = "The body is not a JSON object, or the Idempotency-Key header is invalid", body = ApiError,
+            examples(
+                ("malformed" = (value = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"}))),
+                ("bad key" = (value = json!({"error": "bad_request", "detail": "Idempotency-Key: must be 1 to 255 visible ASCII characters (no spaces), got 0 bytes"}))),
+            )),
         (status = 403, description = "A fault flag is set while fault injection is off", body = ApiError,
             example = json!({"error": "fault_injection_disabled", "detail": "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"})),
+        (status = 409, description = "The Idempotency-Key was already used for a different request; nothing was placed", body = ApiError,
+            example = json!({"error": "conflict", "detail": "Idempotency-Key: already used for a different purchase request; use a new key for a new purchase"})),
         (status = 413, description = "The body is over 64 KiB", body = ApiError,
             example = json!({"error": "body_too_large", "detail": "the body is over 65536 bytes"})),
         (status = 422, description = "A field is missing or invalid; the detail starts with its name", body = ApiError,
@@ -221,17 +303,40 @@ fn kind(v: &Value) -> &'static str {
 )]
 pub async fn purchase(
     State(app): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Purchase { terms, faults } = parse(&body?)?;
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let purchase = parse(&body?)?;
     if !app.fault_injection
-        && let Some(flag) = first_fault(&faults)
+        && let Some(flag) = first_fault(&purchase.faults)
     {
         return Err(ApiError::FaultInjectionDisabled { flag });
     }
     let order_id = OrderId::new();
     let placed_at_ms = now_ms();
+    let accepted = PurchaseAccepted {
+        order_id: order_id.to_string(),
+        status: OrderStatus::Processing.as_str().to_string(),
+    };
+    // Serialized once: this exact text is what a repeat of the request will be answered.
+    let answer = serde_json::to_string(&accepted).map_err(|e| ApiError::Internal(e.into()))?;
     let mut tx = app.db.begin().await?;
+    if let Some(key) = &key {
+        let record = Recorded {
+            fingerprint: fingerprint(&purchase),
+            order_id,
+            response_status: StatusCode::ACCEPTED.as_u16(),
+            response_body: answer.clone(),
+        };
+        // First in the transaction: a concurrent request with the same key waits here
+        // (PostgreSQL) until this one commits or rolls back, before writing anything.
+        if !store::idempotency::claim(&mut tx, key.as_str(), &record, placed_at_ms).await? {
+            tx.rollback().await?;
+            return replay(&app, key, &record.fingerprint).await;
+        }
+    }
+    let Purchase { terms, faults } = purchase;
     store::orders::insert_placed(&mut tx, order_id, &terms, placed_at_ms).await?;
     let message = ManagerMessage::PlaceOrder(PlaceOrder {
         order_id,
@@ -250,17 +355,63 @@ pub async fn purchase(
     tx.commit().await?;
     app.db.wake_outbox();
     tracing::debug!(%order_id, "order accepted");
-    let location = format!("/api/orders/{order_id}");
-    let body = PurchaseAccepted {
-        order_id: order_id.to_string(),
-        status: OrderStatus::Processing.as_str().to_string(),
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(body),
+    Ok(answer_with(StatusCode::ACCEPTED, order_id, answer, false))
+}
+
+/// Answers a request whose key was already used: what the first request got if this one
+/// is the same, 409 if it is not.
+async fn replay(
+    app: &AppState,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+) -> Result<Response, ApiError> {
+    // The claim only fails on a committed row (the winner's, read here once it is visible).
+    let first = store::idempotency::find(&app.db, key.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "idempotency key {:?} is taken but has no record",
+                key.as_str()
+            ))
+        })?;
+    if first.fingerprint != fingerprint {
+        return Err(ApiError::Conflict(
+            "Idempotency-Key: already used for a different purchase request; \
+             use a new key for a new purchase"
+                .into(),
+        ));
+    }
+    let status = StatusCode::from_u16(first.response_status).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!(
+            "idempotency key {:?}: stored status: {e}",
+            key.as_str()
+        ))
+    })?;
+    tracing::debug!(order_id = %first.order_id, "idempotent purchase replayed");
+    Ok(answer_with(
+        status,
+        first.order_id,
+        first.response_body,
+        true,
+    ))
+}
+
+fn answer_with(status: StatusCode, order_id: OrderId, body: String, replayed: bool) -> Response {
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json".to_string()),
+            (header::LOCATION, format!("/api/orders/{order_id}")),
+        ],
+        body,
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
 }
 
 #[cfg(test)]

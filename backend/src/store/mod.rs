@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod analytics;
+pub mod idempotency;
 pub mod orders;
 
 /// A value read back from the database that does not parse.

@@ -4,6 +4,7 @@ use common::{
     db::{Db, Tx},
     domain::{OrderId, OrderStatus, OrderTerms},
     messages::{OrderUpdated, TimelineEntry},
+    telemetry::{self, Context},
 };
 use sqlx::{Row, any::AnyRow};
 
@@ -36,7 +37,8 @@ const SUMMARY_COLUMNS: &str =
     "order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms";
 
 /// Writes the order a buyer just placed, before its saga starts, so that it can be read
-/// back at once (as PROCESSING) and is never missing from the read model.
+/// back at once (as PROCESSING) and is never missing from the read model. The order's
+/// trace is the current one (the POST's), whose id is kept with the row.
 pub async fn insert_placed(
     tx: &mut Tx,
     id: OrderId,
@@ -45,7 +47,7 @@ pub async fn insert_placed(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-         placed_at_ms, updated_at_ms, timeline) VALUES ($1, $2, $3, $4, $5, 'running', 0, 0, $6, $6, '[]')",
+         placed_at_ms, updated_at_ms, timeline, trace_id) VALUES ($1, $2, $3, $4, $5, 'running', 0, 0, $6, $6, '[]', $7)",
     )
     .bind(id.to_string())
     .bind(terms.username.as_str().to_string())
@@ -53,6 +55,7 @@ pub async fn insert_placed(
     .bind(terms.amount.get())
     .bind(OrderStatus::Processing.as_str())
     .bind(placed_at_ms)
+    .bind(telemetry::trace_id(&Context::current()))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -66,10 +69,10 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
         serde_json::to_string(&update.timeline).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let done = sqlx::query(
         "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-         placed_at_ms, updated_at_ms, timeline) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         placed_at_ms, updated_at_ms, timeline, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
          ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
          listed = excluded.listed, version = excluded.version, updated_at_ms = excluded.updated_at_ms, \
-         timeline = excluded.timeline \
+         timeline = excluded.timeline, trace_id = COALESCE(orders.trace_id, excluded.trace_id) \
          WHERE orders.version < excluded.version",
     )
     .bind(update.order_id.to_string())
@@ -83,19 +86,20 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
     .bind(update.placed_at_ms)
     .bind(update.updated_at_ms)
     .bind(timeline)
+    .bind(update.trace_id.clone())
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-/// One order with its timeline, listed or not.
+/// One order with its timeline and its trace id, listed or not.
 pub async fn get(
     db: &Db,
     id: OrderId,
-) -> Result<Option<(StoredOrder, Vec<TimelineEntry>)>, sqlx::Error> {
+) -> Result<Option<(StoredOrder, Vec<TimelineEntry>, Option<String>)>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms, timeline \
-         FROM orders WHERE order_id = $1",
+        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms, timeline, \
+         trace_id FROM orders WHERE order_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(db.pool())
@@ -104,7 +108,7 @@ pub async fn get(
     let timeline: String = row.try_get("timeline")?;
     let timeline = serde_json::from_str(&timeline)
         .map_err(|e| corrupt(format!("timeline of order {id}: {e}")))?;
-    Ok(Some((summary(&row)?, timeline)))
+    Ok(Some((summary(&row)?, timeline, row.try_get("trace_id")?)))
 }
 
 /// Orders matching `filter`, newest first, at most `filter.limit`.

@@ -206,6 +206,7 @@ pub fn order_updated(
             step: *step,
             event: event.to_string(),
             detail: None,
+            span_id: None,
         })
         .collect();
     OrderUpdated {
@@ -218,5 +219,6 @@ pub fn order_updated(
         placed_at_ms: 1_700_000_000_000,
         updated_at_ms: 1_700_000_000_000 + version,
         timeline,
+        trace_id: None,
     }
 }

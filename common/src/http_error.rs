@@ -1,15 +1,19 @@
-//! The one error type of the HTTP API. Every refusal, axum's own rejections included, goes
-//! out as `{"error": <code>, "detail": <text>}` with the status its variant documents.
+//! The one error type of every HTTP API (the backend's, the dead-letter service's, the
+//! audit's). Every refusal, axum's own rejections included, goes out as
+//! `{"error": <code>, "detail": <text>}` with the status its variant documents.
 
+use crate::domain::InvalidValue;
 use axum::{
     Json,
     extract::rejection::{BytesRejection, PathRejection, QueryRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use common::domain::InvalidValue;
 use serde::Serialize;
 use utoipa::{PartialSchema, ToSchema};
+
+/// Bodies above this are refused with 413 before they are parsed.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +31,15 @@ pub enum ApiError {
     /// 404 `not_found`: no such order, user or route.
     #[error("{0}")]
     NotFound(String),
+    /// 409 `conflict`: the request contradicts an earlier one (an `Idempotency-Key` reused
+    /// with a different body); the detail names what conflicts.
+    #[error("{0}")]
+    Conflict(String),
     /// 405 `method_not_allowed`.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
-    /// 413 `body_too_large`: the body is over [`super::MAX_BODY_BYTES`].
-    #[error("the body is over {} bytes", super::MAX_BODY_BYTES)]
+    /// 413 `body_too_large`: the body is over [`MAX_BODY_BYTES`].
+    #[error("the body is over {} bytes", MAX_BODY_BYTES)]
     BodyTooLarge,
     /// 422 `invalid_field`: a field is missing, of the wrong type or out of range; the
     /// detail starts with the field's name.
@@ -51,6 +59,7 @@ impl ApiError {
             ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::FaultInjectionDisabled { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -66,6 +75,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::FaultInjectionDisabled { .. } => "fault_injection_disabled",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::InvalidField(_) => "invalid_field",
@@ -114,7 +124,7 @@ impl From<QueryRejection> for ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))]
 pub struct ErrorBody {
-    /// `malformed_json`, `bad_request`, `fault_injection_disabled`, `not_found`,
+    /// `malformed_json`, `bad_request`, `fault_injection_disabled`, `not_found`, `conflict`,
     /// `method_not_allowed`, `body_too_large`, `invalid_field`, `unavailable` or `internal`.
     pub error: String,
     /// What is wrong, for a person; for `invalid_field` it starts with the field's name.

@@ -1,0 +1,357 @@
+//! The standard `OTEL_*` variables, read once: where traces go, and how they are sampled.
+//!
+//! Read through a lookup function (like [`crate::config::Config::from_lookup`]) so tests can
+//! point an in-process marketplace at their own receiver without touching the process env.
+
+use std::time::Duration;
+
+use opentelemetry_sdk::trace::Sampler;
+
+use crate::config::ConfigError;
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC, port 4317 by convention.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, port 4318 by convention, path `/v1/traces`.
+    HttpProtobuf,
+}
+
+/// Where and how to export. Absent (see [`Settings::from_lookup`]) means tracing is off.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The full traces endpoint: for HTTP it already ends in `/v1/traces`.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (e.g. SigNoz Cloud's ingestion key), URL-decoded.
+    pub headers: Vec<(String, String)>,
+    /// `OTEL_SERVICE_NAME`: see [`Settings::service_name`].
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, except `service.name` (each service reports its own).
+    pub resource_attributes: Vec<(String, String)>,
+    pub sampler: Sampler,
+    /// Bound on one export request; a slow collector costs at most this, in the background.
+    pub timeout: Duration,
+}
+
+/// The export timeout when `OTEL_EXPORTER_OTLP_TIMEOUT` is unset (the specification's).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Settings {
+    pub fn from_env() -> Result<Option<Settings>, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// `Ok(None)` when no endpoint is set or `OTEL_SDK_DISABLED=true`: nothing is exported
+    /// and nothing complains. An invalid value is an error naming its variable.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Settings>, ConfigError> {
+        let var = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let invalid = |variable: &'static str, value: String, problem: &str| ConfigError {
+            variable,
+            value,
+            problem: problem.to_string(),
+        };
+        if let Some(v) = var("OTEL_SDK_DISABLED") {
+            match v.to_ascii_lowercase().as_str() {
+                "true" => return Ok(None),
+                "false" => {}
+                _ => return Err(invalid("OTEL_SDK_DISABLED", v, "expected true or false")),
+            }
+        }
+        let protocol_var = if var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        } else {
+            "OTEL_EXPORTER_OTLP_PROTOCOL"
+        };
+        let protocol = match var(protocol_var).as_deref() {
+            None | Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some("grpc") => Protocol::Grpc,
+            Some(other) => {
+                return Err(invalid(
+                    protocol_var,
+                    other.into(),
+                    "expected grpc or http/protobuf (http/json is not supported)",
+                ));
+            }
+        };
+        let endpoint = match (
+            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            // The per-signal variable is used as is, as the specification says.
+            (Some(e), _) => checked_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e)?,
+            (None, Some(base)) => {
+                let base = checked_url("OTEL_EXPORTER_OTLP_ENDPOINT", base)?;
+                match protocol {
+                    Protocol::Grpc => base,
+                    Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+                }
+            }
+            (None, None) => return Ok(None),
+        };
+        let headers = match var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
+        {
+            Some(h) => key_values(&h).ok_or_else(|| {
+                invalid(
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "(redacted)".into(),
+                    "expected key=value,key=value",
+                )
+            })?,
+            None => Vec::new(),
+        };
+        let resource_attributes = match var("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(a) => key_values(&a)
+                .ok_or_else(|| {
+                    invalid(
+                        "OTEL_RESOURCE_ATTRIBUTES",
+                        a.clone(),
+                        "expected key=value,key=value",
+                    )
+                })?
+                .into_iter()
+                .filter(|(k, _)| k != "service.name")
+                .collect(),
+            None => Vec::new(),
+        };
+        let timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        {
+            Some(t) => match t.parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(invalid(
+                        "OTEL_EXPORTER_OTLP_TIMEOUT",
+                        t,
+                        "expected milliseconds above 0",
+                    ));
+                }
+            },
+            None => DEFAULT_TIMEOUT,
+        };
+        Ok(Some(Settings {
+            endpoint,
+            protocol,
+            headers,
+            service_name: var("OTEL_SERVICE_NAME"),
+            resource_attributes,
+            sampler: sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?,
+            timeout,
+        }))
+    }
+
+    /// The `service.name` a service of this process reports. Each service names itself
+    /// (`backend`, `payment`, …), also when several share one process; `OTEL_SERVICE_NAME`,
+    /// when set to something else than the service's own name, becomes a prefix
+    /// (`OTEL_SERVICE_NAME=shop` → `shop-payment`), so that two deployments stay apart.
+    pub fn service_name(&self, service: &str) -> String {
+        match self.service_name.as_deref() {
+            None => service.to_string(),
+            Some(n) if n == service => service.to_string(),
+            Some(prefix) => format!("{prefix}-{service}"),
+        }
+    }
+}
+
+fn checked_url(variable: &'static str, value: String) -> Result<String, ConfigError> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            variable,
+            value,
+            problem: "expected an http:// or https:// URL".into(),
+        })
+    }
+}
+
+/// `k=v,k2=v2` (W3C baggage-like, values percent-decoded); None if malformed.
+fn key_values(text: &str) -> Option<Vec<(String, String)>> {
+    text.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let k = k.trim();
+            (!k.is_empty()).then(|| (k.to_string(), percent_decode(v.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 3 <= bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigError> {
+    let ratio = || -> Result<f64, ConfigError> {
+        match &arg {
+            None => Ok(1.0),
+            Some(a) => match a.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(ConfigError {
+                    variable: "OTEL_TRACES_SAMPLER_ARG",
+                    value: a.clone(),
+                    problem: "expected a ratio between 0 and 1".into(),
+                }),
+            },
+        }
+    };
+    Ok(match name.as_deref().unwrap_or("parentbased_always_on") {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
+        }
+        other => {
+            return Err(ConfigError {
+                variable: "OTEL_TRACES_SAMPLER",
+                value: other.into(),
+                problem: "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                          parentbased_always_off or parentbased_traceidratio"
+                    .into(),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Option<Settings>, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|n| map.get(n).cloned())
+    }
+
+    #[test]
+    fn no_endpoint_means_tracing_is_off() {
+        assert!(settings(&[]).unwrap().is_none());
+        assert!(settings(&[("OTEL_SERVICE_NAME", "x")]).unwrap().is_none());
+        assert!(
+            settings(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_SDK_DISABLED", "true")
+            ])
+            .unwrap()
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn http_gets_the_traces_path_and_grpc_keeps_the_base() {
+        let http = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(http.protocol, Protocol::HttpProtobuf);
+        assert_eq!(http.endpoint, "http://c:4318/v1/traces");
+        let grpc = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (grpc.protocol, grpc.endpoint.as_str()),
+            (Protocol::Grpc, "http://c:4317")
+        );
+        let exact = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:9/x"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(exact.endpoint, "http://t:9/x");
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        let e = |vars: &[(&str, &str)]| settings(vars).unwrap_err().variable;
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317");
+        assert_eq!(
+            e(&[ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
+            "OTEL_EXPORTER_OTLP_PROTOCOL"
+        );
+        assert_eq!(
+            e(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")]),
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
+        assert_eq!(
+            e(&[ep, ("OTEL_TRACES_SAMPLER", "sometimes")]),
+            "OTEL_TRACES_SAMPLER"
+        );
+        assert_eq!(
+            e(&[
+                ep,
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2")
+            ]),
+            "OTEL_TRACES_SAMPLER_ARG"
+        );
+        assert_eq!(
+            e(&[ep, ("OTEL_SDK_DISABLED", "maybe")]),
+            "OTEL_SDK_DISABLED"
+        );
+    }
+
+    #[test]
+    fn service_names_are_per_service_and_otel_service_name_prefixes_them() {
+        let mut s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=ignored,deployment.environment=dev,k=a%20b",
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "signoz-ingestion-key=abc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.service_name("payment"), "payment");
+        assert_eq!(
+            s.resource_attributes,
+            vec![
+                ("deployment.environment".into(), "dev".into()),
+                ("k".into(), "a b".into())
+            ]
+        );
+        assert_eq!(
+            s.headers,
+            vec![("signoz-ingestion-key".into(), "abc".into())]
+        );
+        s.service_name = Some("payment".into());
+        assert_eq!(s.service_name("payment"), "payment");
+        s.service_name = Some("shop".into());
+        assert_eq!(s.service_name("payment"), "shop-payment");
+    }
+}

@@ -1,0 +1,270 @@
+//! The delivery machinery on its own, against real RabbitMQ and SQLite: the outbox relay
+//! publishes what was committed while the broker was away, once it is back; a publish
+//! repeated after a crash (confirmed but not yet deleted) reaches the consumer twice with
+//! one message id, and the inbox applies it once; the broker supervisor reconnects after
+//! losing its vhost and declares the topology again.
+
+mod support;
+
+use std::time::Duration;
+
+use common::{
+    bus::{Broker, Publisher},
+    config::Config,
+    db::Db,
+    inbox, outbox,
+    shutdown::Shutdown,
+    topology,
+};
+use futures::StreamExt;
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use serde_json::json;
+use support::*;
+
+/// A service's delivery machinery without its handlers: its database and its broker
+/// supervisor, on `vhost` (which may not exist yet).
+struct Rig {
+    db: Db,
+    broker: Broker,
+    shutdown: Shutdown,
+    _data: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(vhost: &Vhost) -> Rig {
+        common::telemetry::init("test");
+        let data = tempfile::tempdir().unwrap();
+        let env = environment(vhost, data.path(), &[]);
+        let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
+        let shutdown = Shutdown::new();
+        let db = Db::open(&config, "delivery", &delivery::MIGRATIONS, &shutdown)
+            .await
+            .unwrap();
+        let broker = Broker::start(&config.amqp_url, "delivery", shutdown.clone());
+        Rig {
+            db,
+            broker,
+            shutdown,
+            _data: data,
+        }
+    }
+
+    fn relay(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(outbox::relay(
+            self.db.clone(),
+            self.broker.clone(),
+            self.shutdown.clone(),
+        ))
+    }
+}
+
+/// Commits `n` messages for the payment queue in one transaction and returns their ids.
+async fn commit_messages(db: &Db, n: usize) -> Vec<String> {
+    let mut tx = db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let id = outbox::enqueue(
+            &mut tx,
+            topology::EXCHANGE,
+            topology::step_key(common::messages::Step::ChargePayment),
+            None,
+            &json!({"n": i}),
+        )
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    db.wake_outbox();
+    ids
+}
+
+/// Takes `n` messages off `queue` (acking them) and returns their message ids, in order.
+async fn take(vhost: &Vhost, queue: &str, n: usize) -> Vec<String> {
+    let conn = amqp_connection(vhost).await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} messages arrived", ids.len()))
+            .unwrap()
+            .unwrap();
+        ids.push(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string(),
+        );
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "done".into()).await;
+    ids
+}
+
+/// How many messages wait in `queue` (declared the marketplace's way).
+async fn depth(vhost: &Vhost, queue: &str, dead_letters: bool) -> u32 {
+    let conn = amqp_connection(vhost).await;
+    let channel = conn.create_channel().await.unwrap();
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            common::bus::queue_arguments(dead_letters),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "done".into()).await;
+    q.message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_publishes_what_was_committed_while_the_broker_was_away() {
+    // The vhost does not exist yet: the broker is unreachable for this service.
+    let vhost = Vhost {
+        name: format!("test-{}", uuid::Uuid::new_v4().simple()),
+    };
+    let rig = Rig::start(&vhost).await;
+    let (db, broker) = (&rig.db, &rig.broker);
+    let relay = rig.relay();
+
+    let ids = commit_messages(db, 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!broker.is_connected());
+    assert_eq!(outbox::backlog(db).await.unwrap(), 20, "kept while away");
+
+    let vhost = Vhost::create_named(&vhost.name);
+    wait_for(
+        || async { outbox::backlog(db).await.unwrap() == 0 },
+        "the outbox to drain once the broker is back",
+    )
+    .await;
+    // Published in commit order, each once.
+    assert_eq!(take(&vhost, topology::PAYMENT_QUEUE, 20).await, ids);
+    assert_eq!(depth(&vhost, topology::PAYMENT_QUEUE, true).await, 0);
+
+    rig.shutdown.cancel();
+    relay.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_repeated_after_a_crash_is_applied_once_through_the_inbox() {
+    let vhost = Vhost::create();
+    let rig = Rig::start(&vhost).await;
+    let (db, broker) = (&rig.db, &rig.broker);
+    broker.connection(&rig.shutdown).await.expect("connected");
+
+    let ids = commit_messages(db, 5).await;
+    let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+        "SELECT id, exchange, routing_key, payload, created_at_ms FROM outbox ORDER BY id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let mut publisher = Publisher::new(broker.clone());
+    outbox::flush(db, &mut publisher).await.unwrap();
+    assert_eq!(outbox::backlog(db).await.unwrap(), 0);
+    // A crash after the confirm and before the delete: the rows are still there at the
+    // next start, and the relay publishes them again, with the same ids.
+    for (id, exchange, routing_key, payload, created) in &rows {
+        sqlx::query(
+            "INSERT INTO outbox (id, exchange, routing_key, payload, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(exchange)
+        .bind(routing_key)
+        .bind(payload)
+        .bind(created)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    outbox::flush(db, &mut publisher).await.unwrap();
+
+    let delivered = take(&vhost, topology::PAYMENT_QUEUE, 10).await;
+    assert_eq!(delivered.len(), 10);
+    // The consumer's side: each delivery in its own transaction, as a handler does.
+    let mut applied = Vec::new();
+    for id in &delivered {
+        let mut tx = db.begin().await.unwrap();
+        if inbox::first_delivery(&mut tx, id).await.unwrap() {
+            applied.push(id.clone());
+        }
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(applied, ids, "each message applied exactly once");
+
+    // The inbox's answer survives a rollback only if the work did: a delivery whose
+    // transaction is rolled back is still new at its next delivery.
+    let fresh = "never-committed";
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::first_delivery(&mut tx, fresh).await.unwrap());
+    tx.rollback().await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    assert!(inbox::first_delivery(&mut tx, fresh).await.unwrap());
+    tx.commit().await.unwrap();
+    rig.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_reconnects_and_declares_the_topology_again() {
+    let vhost = Vhost::create();
+    let rig = Rig::start(&vhost).await;
+    let (db, broker) = (&rig.db, &rig.broker);
+    let relay = rig.relay();
+    broker.connection(&rig.shutdown).await.expect("connected");
+
+    // Deleting the vhost closes the connection and removes every queue and exchange.
+    rabbitmqctl_ok(&["delete_vhost", &vhost.name]);
+    wait_for(
+        || async { !broker.is_connected() },
+        "the supervisor to notice",
+    )
+    .await;
+    // Committed while disconnected: it waits in the outbox.
+    let ids = commit_messages(db, 3).await;
+
+    rabbitmqctl_ok(&["add_vhost", &vhost.name]);
+    rabbitmqctl_ok(&[
+        "set_permissions",
+        "-p",
+        &vhost.name,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    // Reconnect backoff is capped at 1 s; wait_for allows 10.
+    wait_for(|| async { broker.is_connected() }, "a reconnect").await;
+    // The queues are back (declared again), bound, and receive what waited.
+    wait_for(
+        || async { outbox::backlog(db).await.unwrap() == 0 },
+        "the outbox to drain after the reconnect",
+    )
+    .await;
+    assert_eq!(take(&vhost, topology::PAYMENT_QUEUE, 3).await, ids);
+    for q in topology::QUEUES {
+        assert_eq!(
+            depth(&vhost, q.name, q.dead_letters).await,
+            0,
+            "{} exists again, with the marketplace's arguments",
+            q.name
+        );
+    }
+    rig.shutdown.cancel();
+    relay.await.unwrap();
+}
