@@ -227,6 +227,8 @@ async fn the_supervisor_reconnects_and_declares_the_topology_again() {
     let (db, broker) = (&rig.db, &rig.broker);
     let relay = rig.relay();
     broker.connection(&rig.shutdown).await.expect("connected");
+    // A first connection is not a restoration (a restarted manager's deadlines stand).
+    assert_eq!(broker.restored_at_ms(), None);
 
     // Deleting the vhost closes the connection and removes every queue and exchange.
     rabbitmqctl_ok(&["delete_vhost", &vhost.name]);
@@ -248,8 +250,13 @@ async fn the_supervisor_reconnects_and_declares_the_topology_again() {
         ".*",
         ".*",
     ]);
+    let back_at = common::time::now_ms();
     // Reconnect backoff is capped at 1 s; wait_for allows 10.
     wait_for(|| async { broker.is_connected() }, "a reconnect").await;
+    let restored = broker
+        .restored_at_ms()
+        .expect("the reconnect is a restoration");
+    assert!(restored >= back_at, "{restored} < {back_at}");
     // The queues are back (declared again), bound, and receive what waited.
     wait_for(
         || async { outbox::backlog(db).await.unwrap() == 0 },

@@ -7,7 +7,15 @@
 //! start over on it. Unacknowledged deliveries return to their queue; the inbox makes their
 //! redelivery harmless.
 
-use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
@@ -36,6 +44,9 @@ pub struct Broker {
     service: Arc<str>,
     /// The metrics of the marketplace this broker serves (the consume loop records into it).
     metrics: Arc<crate::metrics::Metrics>,
+    /// When the supervisor last connected again after losing a connection (ms since the
+    /// epoch; 0: never). The first connection of a process is not a restoration.
+    restored_at_ms: Arc<AtomicI64>,
 }
 
 impl Broker {
@@ -47,12 +58,26 @@ impl Broker {
         let service_name: Arc<str> = service.into();
         let service = service.to_string();
         let metrics = crate::metrics::for_instance(&url);
-        tokio::spawn(supervise(url, service, tx, shutdown));
+        let restored_at_ms = Arc::new(AtomicI64::new(0));
+        tokio::spawn(supervise(
+            url,
+            service,
+            tx,
+            restored_at_ms.clone(),
+            shutdown,
+        ));
         Broker {
             current: rx,
             service: service_name,
             metrics,
+            restored_at_ms,
         }
+    }
+
+    /// When the connection came back after the last outage this process saw, if it saw
+    /// one: the manager gives a step in flight its whole wait again from then.
+    pub fn restored_at_ms(&self) -> Option<i64> {
+        Some(self.restored_at_ms.load(Ordering::Relaxed)).filter(|&at| at > 0)
     }
 
     /// The metrics of the marketplace instance this broker belongs to.
@@ -105,16 +130,21 @@ async fn supervise(
     url: String,
     service: String,
     tx: watch::Sender<Option<Arc<Connection>>>,
+    restored_at_ms: Arc<AtomicI64>,
     shutdown: Shutdown,
 ) {
     // Capped at 1 s: while the broker is back and one service is not, the others' commands
     // wait in its queue against their deadlines, so every second of catching up costs
     // orders (TIMEOUT). A connection attempt a second, with jitter, costs the broker nothing.
     let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_CAP);
+    let mut lost_one = false;
     while !shutdown.is_cancelled() {
         match connect(&url, &service).await {
             Ok(conn) => {
                 backoff.reset();
+                if lost_one {
+                    restored_at_ms.store(crate::time::now_ms(), Ordering::Relaxed);
+                }
                 let conn = Arc::new(conn);
                 tracing::info!(service, url = %redact(&url), "connected to RabbitMQ");
                 tx.send_replace(Some(conn.clone()));
@@ -130,6 +160,7 @@ async fn supervise(
                     }
                 }
                 tracing::warn!(service, "lost the RabbitMQ connection; reconnecting");
+                lost_one = true;
                 tx.send_replace(None);
             }
             Err(e) => {
