@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use common::metrics::Metrics;
 use common::{
-    bus::{Handler, HandlerError, Incoming},
+    bus::{Broker, Handler, HandlerError, Incoming},
     db::{Db, Tx},
     domain::OrderId,
     inbox,
@@ -16,7 +16,7 @@ use common::{
 };
 
 use crate::{
-    saga::{Input, Saga, Timing, Transition},
+    saga::{Input, Link, Saga, Timing, Transition},
     store,
     timers::Timers,
 };
@@ -31,6 +31,8 @@ pub struct Manager {
     pub timing: Timing,
     pub timers: Timers,
     pub metrics: Arc<Metrics>,
+    /// The manager's own broker connection: a deadline does not count an outage of it.
+    pub broker: Broker,
 }
 
 impl Handler for Manager {
@@ -161,6 +163,9 @@ impl Manager {
             let mut t = saga.apply(input.clone(), now_ms(), &self.timing);
             if t.ignored {
                 tx.commit().await?;
+                if let Input::Deadline(link) = input {
+                    self.deadline_held(&saga, link);
+                }
                 return Ok(());
             }
             let closed = annotate(&mut t, saga.timeline.len(), &Context::current());
@@ -236,8 +241,38 @@ impl Manager {
 
     /// Fires a deadline, logging (not propagating) a failure: the backstop scan retries.
     pub async fn fire_deadline(&self, order_id: OrderId) {
-        if let Err(e) = self.advance(None, order_id, Input::Deadline).await {
+        if let Err(e) = self
+            .advance(None, order_id, Input::Deadline(self.link()))
+            .await
+        {
             tracing::warn!(%order_id, error = %e, "deadline not processed; will retry");
+        }
+    }
+
+    /// The manager's link to the broker, as a deadline sees it.
+    fn link(&self) -> Link {
+        if !self.broker.is_connected() {
+            return Link::Down;
+        }
+        self.broker
+            .restored_at_ms()
+            .map_or(Link::Steady, Link::RestoredAt)
+    }
+
+    /// A deadline that fired and changed nothing: when an outage of the link moved it
+    /// later, the timer is set for the new time. While the link is down, the backstop scan
+    /// (the deadline in the database is past) asks again every second.
+    fn deadline_held(&self, saga: &Saga, link: Link) {
+        let (Some(deadline), Some(due)) = (saga.deadline_ms(), saga.due_at(link, &self.timing))
+        else {
+            if link == Link::Down && saga.deadline_ms().is_some_and(|d| d <= now_ms()) {
+                tracing::debug!(order_id = %saga.order_id, "deadline held: no link to the broker");
+            }
+            return;
+        };
+        if due > deadline {
+            tracing::debug!(order_id = %saga.order_id, due_in_ms = due - now_ms(), "deadline moved by a broker outage");
+            self.timers.schedule(due, saga.order_id);
         }
     }
 }

@@ -42,6 +42,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         },
         timers: timers.clone(),
         metrics: broker.metrics().clone(),
+        broker: broker.clone(),
     };
     let consumer = bus::consume(
         broker.clone(),

@@ -113,13 +113,30 @@ pub struct OpenStep {
 pub enum Input {
     /// A worker answered a command.
     Reply(StepReply),
-    /// The timer set at the saga's `deadline_ms()` fired (it may be stale).
-    Deadline,
+    /// The timer set at the saga's `deadline_ms()` fired (it may be stale), with what the
+    /// manager knows of its own link to the broker at that moment.
+    Deadline(Link),
     /// A command or reply of this saga was dead-lettered; `step` when it could be read.
     DeadLettered { step: Option<Step>, reason: String },
     /// A `PlaceOrder` of this order was dead-lettered although its saga exists: a duplicate
     /// (e.g. a redelivery that kept failing), so it concerns no step in flight.
     PlaceOrderDeadLettered { reason: String },
+}
+
+/// The manager's link to the broker when a deadline fires. A step is not late for time
+/// in which neither its command nor its reply could travel: the deadline counts from the
+/// decision to send, and an outage of the manager's own broker connection does not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Connected, and not since a recent outage: the deadline stands. Also the case for a
+    /// manager that restarted: a deadline that passed while it was down fires at once.
+    Steady,
+    /// Disconnected now: no reply can arrive, and a command still in the outbox cannot
+    /// leave. The deadline waits for the link.
+    Down,
+    /// Connected again at this time after an outage: the awaited step gets its whole wait
+    /// again from then (its command leaves the outbox, its reply the worker's, now).
+    RestoredAt(i64),
 }
 
 /// The result of a decision: the saga to persist and the commands to publish with it.
@@ -198,13 +215,15 @@ impl Saga {
 
     /// The decision function: what `input` at `now_ms` does to this saga.
     pub fn apply(&self, input: Input, now_ms: i64, timing: &Timing) -> Transition {
-        let (Some(awaited), Some(deadline_ms)) = (self.awaited(), self.deadline_ms()) else {
+        let Some(awaited) = self.awaited() else {
             // Done: whatever arrives now is an echo of the past and worth no record.
             return self.unchanged();
         };
         match input {
-            Input::Deadline if now_ms < deadline_ms => self.unchanged(),
-            Input::Deadline => self.on_deadline(awaited, now_ms, timing),
+            Input::Deadline(link) if self.due_at(link, timing).is_none_or(|at| now_ms < at) => {
+                self.unchanged()
+            }
+            Input::Deadline(_) => self.on_deadline(awaited, now_ms, timing),
             // The shell routes by order id; a mismatch is not this saga's history.
             Input::Reply(reply) if reply.order_id != self.order_id => self.unchanged(),
             Input::Reply(reply) if reply.step == awaited => {
@@ -257,6 +276,30 @@ impl Saga {
             SagaState::Running { deadline_ms, .. }
             | SagaState::Compensating { deadline_ms, .. }
             | SagaState::Rejecting { deadline_ms, .. } => Some(deadline_ms),
+            SagaState::Done { .. } => None,
+        }
+    }
+
+    /// When the awaited step is really late, given the manager's `link` to the broker:
+    /// `deadline_ms()`, moved later by an outage, never while the link is down (None, as
+    /// when Done).
+    pub fn due_at(&self, link: Link, timing: &Timing) -> Option<i64> {
+        let deadline_ms = self.deadline_ms()?;
+        match link {
+            Link::Steady => Some(deadline_ms),
+            Link::Down => None,
+            Link::RestoredAt(at) => Some(deadline_ms.max(at.saturating_add(self.wait_ms(timing)?))),
+        }
+    }
+
+    /// How long the saga waits for the awaited step: a forward step's timeout, or a
+    /// compensation's backoff for its attempt.
+    fn wait_ms(&self, timing: &Timing) -> Option<i64> {
+        match self.state {
+            SagaState::Running { .. } => Some(timing.step_timeout_ms),
+            SagaState::Compensating { attempt, .. } | SagaState::Rejecting { attempt, .. } => {
+                Some(timing.backoff_ms(attempt))
+            }
             SagaState::Done { .. } => None,
         }
     }
@@ -730,7 +773,7 @@ mod tests {
                     },
                 ),
             ),
-            OrderStatus::Timeout => (Step::ScheduleDelivery, Input::Deadline),
+            OrderStatus::Timeout => (Step::ScheduleDelivery, Input::Deadline(Link::Steady)),
             _ => (
                 Step::ScheduleDelivery,
                 reply(Step::ScheduleDelivery, failed()),
@@ -892,7 +935,7 @@ mod tests {
             let t = when(&given_new_saga(), reply(Step::CreateOrder, result), T0);
             assert!(!t.saga.created);
         }
-        let t = when(&given_new_saga(), Input::Deadline, T0 + 1_000);
+        let t = when(&given_new_saga(), Input::Deadline(Link::Steady), T0 + 1_000);
         assert!(!t.saga.created);
     }
 
@@ -1029,7 +1072,7 @@ mod tests {
     #[test]
     fn a_deadline_at_each_forward_step_times_out_and_undoes_that_step_too() {
         assert_each_step_fails_and_undoes_itself(
-            |_| Input::Deadline,
+            |_| Input::Deadline(Link::Steady),
             OrderStatus::Timeout,
             "timed_out",
         );
@@ -1072,10 +1115,84 @@ mod tests {
         for step in Step::FORWARD {
             let saga = given_running(step);
 
-            let t = when(&saga, Input::Deadline, deadline(&saga) - 1);
+            let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga) - 1);
 
             assert_unchanged(&saga, &t);
         }
+    }
+
+    // ---- deadlines and the manager's link to the broker ----------------------------------
+
+    #[test]
+    fn no_deadline_fires_while_the_managers_link_is_down() {
+        let mut waiting: Vec<Saga> = Step::FORWARD.into_iter().map(given_running).collect();
+        let mut compensating = given_compensating();
+        waiting.push(compensating.clone());
+        while compensating.awaited() != Some(Step::RejectOrder) {
+            let awaited = compensating.awaited().unwrap();
+            compensating = when(&compensating, reply(awaited, StepResult::Done), T0).saga;
+        }
+        waiting.push(compensating);
+        for saga in waiting {
+            let long_after = deadline(&saga) + 3_600_000;
+
+            let t = when(&saga, Input::Deadline(Link::Down), long_after);
+
+            assert_unchanged(&saga, &t);
+            assert_eq!(saga.due_at(Link::Down, &TIMING), None);
+        }
+    }
+
+    #[test]
+    fn after_an_outage_the_awaited_step_gets_its_whole_timeout_again() {
+        for step in Step::FORWARD {
+            let saga = given_running(step);
+            let restored = deadline(&saga) - 100;
+            let link = Link::RestoredAt(restored);
+            let due = restored + TIMING.step_timeout_ms;
+            assert_eq!(saga.due_at(link, &TIMING), Some(due));
+
+            assert_unchanged(&saga, &when(&saga, Input::Deadline(link), deadline(&saga)));
+            assert_unchanged(&saga, &when(&saga, Input::Deadline(link), due - 1));
+            let t = when(&saga, Input::Deadline(link), due);
+
+            assert_eq!(t.saga.status(), OrderStatus::Processing);
+            assert_eq!(t.saga.phase(), "compensating", "{step:?}");
+            assert!(
+                events(&t.saga).contains(&(step, "timed_out")),
+                "{:?}",
+                events(&t.saga)
+            );
+        }
+    }
+
+    #[test]
+    fn an_outage_that_ended_a_whole_wait_before_the_deadline_moves_nothing() {
+        let saga = given_running(Step::ChargePayment);
+        let link = Link::RestoredAt(deadline(&saga) - TIMING.step_timeout_ms);
+
+        assert_eq!(saga.due_at(link, &TIMING), Some(deadline(&saga)));
+        let t = when(&saga, Input::Deadline(link), deadline(&saga));
+
+        assert!(events(&t.saga).contains(&(Step::ChargePayment, "timed_out")));
+    }
+
+    #[test]
+    fn after_an_outage_a_compensation_waits_its_attempts_backoff_again() {
+        let saga = given_compensating();
+        let failed_twice = {
+            let once = when(&saga, reply(Step::CancelDelivery, failed()), T0).saga;
+            when(&once, Input::Deadline(Link::Steady), deadline(&once)).saga
+        };
+        let restored = deadline(&failed_twice) - 1;
+        let link = Link::RestoredAt(restored);
+
+        // Attempt 2 waits 2 s; it is resent 2 s after the link came back, not before.
+        assert_eq!(failed_twice.due_at(link, &TIMING), Some(restored + 2_000));
+        let early = when(&failed_twice, Input::Deadline(link), restored + 1_999);
+        assert_unchanged(&failed_twice, &early);
+        let t = when(&failed_twice, Input::Deadline(link), restored + 2_000);
+        assert_eq!(t.commands, vec![command(Step::CancelDelivery, None, None)]);
     }
 
     #[test]
@@ -1094,7 +1211,7 @@ mod tests {
     fn a_late_reply_after_a_timeout_is_recorded_but_changes_nothing() {
         for step in Step::FORWARD {
             let running = given_running(step);
-            let timed_out = when(&running, Input::Deadline, deadline(&running)).saga;
+            let timed_out = when(&running, Input::Deadline(Link::Steady), deadline(&running)).saga;
             for (result, detail) in [
                 (StepResult::Done, "late reply: done"),
                 (failed(), "late reply: failed: boom"),
@@ -1153,7 +1270,7 @@ mod tests {
     #[test]
     fn payment_timeout_refunds_and_releases_nothing_else() {
         let saga = given_running(Step::ChargePayment);
-        let t = when(&saga, Input::Deadline, deadline(&saga));
+        let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga));
         assert_eq!(t.commands, vec![command(Step::RefundPayment, None, None)]);
 
         let (done, rest) = drive_to_done(t.saga, deadline(&saga) + 10);
@@ -1168,7 +1285,7 @@ mod tests {
     #[test]
     fn delivery_timeout_cancels_releases_and_refunds_newest_first() {
         let saga = given_running(Step::ScheduleDelivery);
-        let t = when(&saga, Input::Deadline, deadline(&saga));
+        let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga));
 
         let (done, rest) = drive_to_done(t.saga, deadline(&saga) + 10);
 
@@ -1307,7 +1424,7 @@ mod tests {
         let failed_once = when(&saga, reply(Step::CancelDelivery, failed()), T0).saga;
         let now = deadline(&failed_once);
 
-        let t = when(&failed_once, Input::Deadline, now);
+        let t = when(&failed_once, Input::Deadline(Link::Steady), now);
 
         assert_recorded(&failed_once, &t, now);
         assert_eq!(t.commands, vec![command(Step::CancelDelivery, None, None)]);
@@ -1338,7 +1455,7 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..6 {
             let now = deadline(&saga);
-            let t = when(&saga, Input::Deadline, now);
+            let t = when(&saga, Input::Deadline(Link::Steady), now);
             assert_eq!(t.commands, vec![command(Step::CancelDelivery, None, None)]);
             waits.push(deadline(&t.saga) - now);
             saga = t.saga;
@@ -1374,14 +1491,14 @@ mod tests {
             *attempt = u32::MAX;
             *deadline_ms = i64::MAX - 1;
         }
-        let t = when(&saga, Input::Deadline, i64::MAX - 1);
+        let t = when(&saga, Input::Deadline(Link::Steady), i64::MAX - 1);
         assert_eq!(t.saga.deadline_ms(), Some(i64::MAX));
     }
 
     #[test]
     fn a_stale_deadline_while_undoing_records_nothing() {
         for saga in [given_compensating(), given_rejecting()] {
-            let t = when(&saga, Input::Deadline, deadline(&saga) - 1);
+            let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga) - 1);
 
             assert_unchanged(&saga, &t);
         }
@@ -1416,7 +1533,7 @@ mod tests {
                 (Step::CancelDelivery, "dead_lettered")
             );
 
-            let retried = when(&t.saga, Input::Deadline, now + 1_000);
+            let retried = when(&t.saga, Input::Deadline(Link::Steady), now + 1_000);
             assert_eq!(
                 retried.commands,
                 vec![command(Step::CancelDelivery, None, None)]
@@ -1447,7 +1564,7 @@ mod tests {
         let saga = given_rejecting();
         let now = deadline(&saga);
 
-        let t = when(&saga, Input::Deadline, now);
+        let t = when(&saga, Input::Deadline(Link::Steady), now);
 
         assert_eq!(
             t.commands,
@@ -1514,7 +1631,7 @@ mod tests {
         let success = drive_to_done(given_new_saga(), T0).0;
         let rejected = drive_to_done(given_compensating(), T0).0;
         for saga in [success, rejected] {
-            let mut inputs = vec![Input::Deadline, dead_letter(None)];
+            let mut inputs = vec![Input::Deadline(Link::Steady), dead_letter(None)];
             for step in Step::ALL {
                 inputs.push(dead_letter(Some(step)));
                 inputs.push(reply(step, StepResult::Done));
@@ -1579,7 +1696,7 @@ mod tests {
     fn a_never_placed_saga_ignores_every_later_input() {
         let saga = never_placed().saga;
         let inputs = [
-            Input::Deadline,
+            Input::Deadline(Link::Steady),
             reply(Step::CreateOrder, StepResult::Done),
             dead_letter(None),
             dead_letter(Some(Step::CreateOrder)),
@@ -1688,8 +1805,8 @@ mod tests {
     #[test]
     fn timeline_seq_counts_from_one_and_every_command_is_recorded_as_sent() {
         let saga = given_running(Step::ScheduleDelivery);
-        let t = when(&saga, Input::Deadline, deadline(&saga));
-        let retried = when(&t.saga, Input::Deadline, deadline(&t.saga));
+        let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga));
+        let retried = when(&t.saga, Input::Deadline(Link::Steady), deadline(&t.saga));
         let (done, _) = drive_to_done(retried.saga, T0 + 99_000);
 
         let seqs: Vec<_> = done.timeline.iter().map(|e| e.seq).collect();
