@@ -619,6 +619,81 @@ async fn a_collector_that_is_down_neither_slows_orders_nor_floods_the_logs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_that_rejects_a_message_names_the_messages_trace() {
+    use lapin::{
+        BasicProperties, options::BasicPublishOptions, types::AMQPValue, types::FieldTable,
+    };
+
+    let vhost = Vhost::create();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = environment(
+        &vhost,
+        data.path(),
+        &[
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("LOG_FORMAT", "json".into()),
+        ],
+    );
+    let log_path = data.path().join("all.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _process = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_marketplace"))
+            .arg("all")
+            .envs(env)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("marketplace starts"),
+    );
+    wait_until_ready(&format!("http://127.0.0.1:{port}")).await;
+
+    // No collector: the ids still exist, so the log line can be joined to the message.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let conn = amqp_connection(&vhost).await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(format!("00-{trace_id}-b7ad6b7169203331-01").into()),
+    );
+    channel
+        .basic_publish(
+            common::topology::EXCHANGE.into(),
+            common::topology::step_key(common::messages::Step::ChargePayment).into(),
+            BasicPublishOptions::default(),
+            b"{not json",
+            BasicProperties::default()
+                .with_message_id(message_id.clone().into())
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let rejection = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .lines()
+            .find(|l| l.contains("rejecting message") && l.contains(&message_id))
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON log line"))
+    };
+    wait_for(
+        || async { rejection().is_some() },
+        "the rejection to be logged",
+    )
+    .await;
+    let line = rejection().unwrap();
+    assert_eq!(line["trace_id"], trace_id, "{line}");
+    assert!(
+        line["span_id"].as_str().is_some_and(|s| s.len() == 16),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_message_stays_in_its_trace_through_the_dead_letter_service() {
     use lapin::{
         BasicProperties, options::BasicPublishOptions, types::AMQPValue, types::FieldTable,

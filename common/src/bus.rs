@@ -565,6 +565,11 @@ impl<H: Handler> Handler for Traced<H> {
         match &result {
             Ok(()) => {}
             Err(HandlerError::Permanent(e)) => {
+                {
+                    // Logged here, in the message's trace, so the line carries its ids.
+                    let _in_span = span.context().clone().attach();
+                    tracing::error!(queue = self.queue, id = %msg.message_id, error = %format!("{e:#}"), "rejecting message to the dead-letter store");
+                }
                 span.set_error(format!("rejected to the dead-letter store: {e:#}"))
             }
             Err(HandlerError::Transient(e)) => span.set_error(format!("transient, retried: {e:#}")),
@@ -795,6 +800,10 @@ async fn process<H: Handler>(
     let reject_without_id = topology::dead_letters(queue);
     loop {
         let outcome = if msg.message_id.is_empty() && reject_without_id {
+            tracing::error!(
+                queue,
+                "rejecting a message without message_id to the dead-letter store"
+            );
             Err(HandlerError::Permanent(anyhow::anyhow!(
                 "message has no message_id"
             )))
@@ -824,9 +833,8 @@ async fn process<H: Handler>(
                 }
                 return;
             }
-            Err(HandlerError::Permanent(e)) => {
+            Err(HandlerError::Permanent(_)) => {
                 counters.permanent.inc();
-                tracing::error!(queue, id = %msg.message_id, error = %format!("{e:#}"), "rejecting message to the dead-letter store");
                 let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
                 return;
             }
