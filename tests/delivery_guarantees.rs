@@ -145,6 +145,9 @@ async fn the_relay_publishes_what_was_committed_while_the_broker_was_away() {
     let ids = commit_messages(db, 20).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!broker.is_connected());
+    // Never reached since it started: not an outage (a restarted manager's overdue
+    // deadlines fire at once).
+    assert!(!broker.is_in_outage());
     assert_eq!(outbox::backlog(db).await.unwrap(), 20, "kept while away");
 
     let vhost = Vhost::create_named(&vhost.name);
@@ -229,11 +232,12 @@ async fn the_supervisor_reconnects_and_declares_the_topology_again() {
     broker.connection(&rig.shutdown).await.expect("connected");
     // A first connection is not a restoration (a restarted manager's deadlines stand).
     assert_eq!(broker.restored_at_ms(), None);
+    assert!(!broker.is_in_outage());
 
     // Deleting the vhost closes the connection and removes every queue and exchange.
     rabbitmqctl_ok(&["delete_vhost", &vhost.name]);
     wait_for(
-        || async { !broker.is_connected() },
+        || async { broker.is_in_outage() },
         "the supervisor to notice",
     )
     .await;

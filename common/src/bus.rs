@@ -44,9 +44,18 @@ pub struct Broker {
     service: Arc<str>,
     /// The metrics of the marketplace this broker serves (the consume loop records into it).
     metrics: Arc<crate::metrics::Metrics>,
-    /// When the supervisor last connected again after losing a connection (ms since the
-    /// epoch; 0: never). The first connection of a process is not a restoration.
-    restored_at_ms: Arc<AtomicI64>,
+    /// When the supervisor connected.
+    connected: Connected,
+}
+
+/// When the supervisor connected, shared by every clone of its [`Broker`] (ms since the
+/// epoch; 0: not yet).
+#[derive(Clone, Default)]
+struct Connected {
+    first_ms: Arc<AtomicI64>,
+    /// The last time it connected again after losing a connection. The first connection
+    /// of a process is not a restoration.
+    again_ms: Arc<AtomicI64>,
 }
 
 impl Broker {
@@ -58,26 +67,26 @@ impl Broker {
         let service_name: Arc<str> = service.into();
         let service = service.to_string();
         let metrics = crate::metrics::for_instance(&url);
-        let restored_at_ms = Arc::new(AtomicI64::new(0));
-        tokio::spawn(supervise(
-            url,
-            service,
-            tx,
-            restored_at_ms.clone(),
-            shutdown,
-        ));
+        let connected = Connected::default();
+        tokio::spawn(supervise(url, service, tx, connected.clone(), shutdown));
         Broker {
             current: rx,
             service: service_name,
             metrics,
-            restored_at_ms,
+            connected,
         }
+    }
+
+    /// True when this process was connected and is not any more: an outage it lives
+    /// through, as opposed to a broker not reached yet since the process started.
+    pub fn is_in_outage(&self) -> bool {
+        self.connected.first_ms.load(Ordering::Relaxed) > 0 && !self.is_connected()
     }
 
     /// When the connection came back after the last outage this process saw, if it saw
     /// one: the manager gives a step in flight its whole wait again from then.
     pub fn restored_at_ms(&self) -> Option<i64> {
-        Some(self.restored_at_ms.load(Ordering::Relaxed)).filter(|&at| at > 0)
+        Some(self.connected.again_ms.load(Ordering::Relaxed)).filter(|&at| at > 0)
     }
 
     /// The metrics of the marketplace instance this broker belongs to.
@@ -130,7 +139,7 @@ async fn supervise(
     url: String,
     service: String,
     tx: watch::Sender<Option<Arc<Connection>>>,
-    restored_at_ms: Arc<AtomicI64>,
+    connected: Connected,
     shutdown: Shutdown,
 ) {
     // Capped at 1 s: while the broker is back and one service is not, the others' commands
@@ -142,9 +151,12 @@ async fn supervise(
         match connect(&url, &service).await {
             Ok(conn) => {
                 backoff.reset();
-                if lost_one {
-                    restored_at_ms.store(crate::time::now_ms(), Ordering::Relaxed);
-                }
+                let at = if lost_one {
+                    &connected.again_ms
+                } else {
+                    &connected.first_ms
+                };
+                at.store(crate::time::now_ms(), Ordering::Relaxed);
                 let conn = Arc::new(conn);
                 tracing::info!(service, url = %redact(&url), "connected to RabbitMQ");
                 tx.send_replace(Some(conn.clone()));

@@ -249,9 +249,10 @@ impl Manager {
         }
     }
 
-    /// The manager's link to the broker, as a deadline sees it.
+    /// The manager's link to the broker, as a deadline sees it. Not reached yet since
+    /// this process started is not an outage: a restarted manager fires what is overdue.
     fn link(&self) -> Link {
-        if !self.broker.is_connected() {
+        if self.broker.is_in_outage() {
             return Link::Down;
         }
         self.broker

@@ -131,8 +131,8 @@ pub enum Link {
     /// Connected, and not since a recent outage: the deadline stands. Also the case for a
     /// manager that restarted: a deadline that passed while it was down fires at once.
     Steady,
-    /// Disconnected now: no reply can arrive, and a command still in the outbox cannot
-    /// leave. The deadline waits for the link.
+    /// Disconnected now, after having been connected: no reply can arrive, and a command
+    /// still in the outbox cannot leave. The deadline waits for the link.
     Down,
     /// Connected again at this time after an outage: the awaited step gets its whole wait
     /// again from then (its command leaves the outbox, its reply the worker's, now).
