@@ -11,17 +11,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-async fn order(base_url: &str, id: &str) -> Value {
-    client()
-        .get(format!("{base_url}/api/orders/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 fn has_entry(order: &Value, step: &str, event: &str) -> bool {
     order["timeline"]
         .as_array()
@@ -46,7 +35,7 @@ async fn a_step_in_flight_is_not_timed_out_by_an_outage_of_the_broker() {
     wait_for(
         || {
             let (base, id) = (base.clone(), id.clone());
-            async move { has_entry(&order(&base, &id).await, "payment.charge", "sent") }
+            async move { has_entry(&get_order(&base, &id).await, "payment.charge", "sent") }
         },
         "the charge to be sent",
     )

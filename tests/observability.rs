@@ -358,17 +358,6 @@ fn step_spans<'a>(spans: &'a [Received], name: &str) -> Vec<&'a Received> {
         .collect()
 }
 
-async fn get_order(base: &str, id: &str) -> Value {
-    client()
-        .get(format!("{base}/api/orders/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The order as the API shows it once final, its trace id set and its timeline complete.
 async fn final_traced_order(base: &str, id: &str) -> Value {
     final_order(base, id, Duration::from_secs(10)).await;

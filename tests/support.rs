@@ -229,6 +229,18 @@ pub async fn purchase(base_url: &str, body: Value) -> String {
     v["order_id"].as_str().expect("order_id").to_string()
 }
 
+/// The order as `GET /api/orders/{id}` shows it now.
+pub async fn get_order(base_url: &str, order_id: &str) -> Value {
+    client()
+        .get(format!("{base_url}/api/orders/{order_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Polls the order until its status is final; panics after `bound`.
 pub async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Value {
     let c = client();
