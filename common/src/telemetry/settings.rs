@@ -161,16 +161,23 @@ impl Settings {
     }
 }
 
+/// An endpoint URL. `https://` is refused at start, with the way round it, rather than
+/// accepted and then failing every export: the exporters are built without TLS.
 fn checked_url(variable: &'static str, value: String) -> Result<String, ConfigError> {
-    if value.starts_with("http://") || value.starts_with("https://") {
-        Ok(value)
+    let problem = if value.starts_with("http://") {
+        return Ok(value);
+    } else if value.starts_with("https://") {
+        "https:// needs TLS, which this build's exporters do not have: send to a collector \
+         over http:// (SigNoz's own, in the cluster, or an OpenTelemetry Collector that \
+         forwards to SigNoz Cloud)"
     } else {
-        Err(ConfigError {
-            variable,
-            value,
-            problem: "expected an http:// or https:// URL".into(),
-        })
-    }
+        "expected an http:// URL"
+    };
+    Err(ConfigError {
+        variable,
+        value,
+        problem: problem.into(),
+    })
 }
 
 /// `k=v,k2=v2` (W3C baggage-like, values percent-decoded); None if malformed.
@@ -307,6 +314,10 @@ mod tests {
             e(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")]),
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         );
+        let https = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c:443")]);
+        let https = https.unwrap_err();
+        assert_eq!(https.variable, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        assert!(https.problem.contains("needs TLS"), "{}", https.problem);
         assert_eq!(
             e(&[ep, ("OTEL_TRACES_SAMPLER", "sometimes")]),
             "OTEL_TRACES_SAMPLER"
