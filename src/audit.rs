@@ -91,21 +91,10 @@ const NAMES: [&str; 5] = [
     "no message is lost: whatever could not be processed is in the dead-letter store",
 ];
 
-/// The services whose stores the audit reads.
-const STORES: [&str; 7] = [
-    "backend",
-    "manager",
-    "order",
-    "payment",
-    "inventory",
-    "delivery",
-    "dead-letter",
-];
-
 /// Opens every service's store (read only, without migrating), audits, and closes them.
 pub async fn run(config: &Config, grace_ms: i64) -> anyhow::Result<Report> {
     let mut dbs = HashMap::new();
-    for service in STORES {
+    for service in crate::services() {
         let db = Db::attach(config, service)
             .await
             .with_context(|| format!("opening the {service} store"))?;
@@ -313,7 +302,7 @@ impl Snapshot {
                 updated_at_ms: int(&r, "updated_at_ms")?,
             });
         }
-        for service in STORES {
+        for service in crate::services() {
             let r = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox")
                 .fetch_one(dbs[service].pool())
                 .await

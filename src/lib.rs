@@ -20,6 +20,11 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("dead-letter", "dead-letter store"),
 ];
 
+/// Every service: the targets but `all`, each with a store of its own.
+pub fn services() -> impl Iterator<Item = &'static str> {
+    TARGETS.iter().map(|(t, _)| *t).filter(|t| *t != "all")
+}
+
 /// Runs `target` until `shutdown`, serving HTTP on `listener`, then drains within
 /// `config.shutdown_timeout`.
 pub async fn serve(

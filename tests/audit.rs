@@ -128,18 +128,10 @@ async fn the_audit_passes_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_finds_a_database_per_service_through_one_url() {
     let prefix = format!("test_{}", uuid::Uuid::new_v4().simple());
-    let _databases: Vec<PgDatabase> = [
-        "backend",
-        "manager",
-        "order",
-        "payment",
-        "inventory",
-        "delivery",
-        "dead_letter",
-    ]
-    .iter()
-    .map(|s| PgDatabase::create_named(&format!("{prefix}_{s}")))
-    .collect();
+    // `{service}` in a database name is the service with `_` for `-`.
+    let _databases: Vec<PgDatabase> = marketplace::services()
+        .map(|s| PgDatabase::create_named(&format!("{prefix}_{}", s.replace('-', "_"))))
+        .collect();
     let url = format!("postgres://postgres@127.0.0.1:5432/{prefix}_{{service}}");
     let m = InProcess::start(&[("DATABASE_URL", url)]).await;
     let order = purchase(

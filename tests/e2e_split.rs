@@ -8,21 +8,11 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use support::*;
 
-const ALL_TARGETS: [&str; 7] = [
-    "order",
-    "payment",
-    "inventory",
-    "delivery",
-    "dead-letter",
-    "manager",
-    "backend",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_in_separate_processes_run_every_outcome_and_stop_on_sigterm() {
     let vhost = Vhost::create();
     let data = tempfile::tempdir().unwrap();
-    let split = Split::start(&vhost, data.path(), &ALL_TARGETS, &[]).await;
+    let split = Split::start(&vhost, data.path(), &SPLIT_TARGETS, &[]).await;
     run_scenarios(&split.backend_url).await;
     split.stop().await;
 }

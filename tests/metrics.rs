@@ -328,15 +328,7 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(s.sum("marketplace_dead_letters_open", &open), garbage);
 
     // Gauges read from each service's database: all there, all drained.
-    for service in [
-        "backend",
-        "manager",
-        "order",
-        "payment",
-        "inventory",
-        "delivery",
-        "dead-letter",
-    ] {
+    for service in marketplace::services() {
         let l = [("service", service)];
         assert!(
             s.has("marketplace_outbox_backlog_messages", &l),
@@ -352,15 +344,7 @@ async fn metrics_count_known_traffic_exactly() {
 async fn every_target_serves_its_own_metrics() {
     let vhost = Vhost::create();
     let data = tempfile::tempdir().unwrap();
-    let targets = [
-        "order",
-        "payment",
-        "inventory",
-        "delivery",
-        "dead-letter",
-        "manager",
-        "backend",
-    ];
+    let targets = SPLIT_TARGETS;
     let mut processes = Vec::new();
     let mut urls = BTreeMap::new();
     for target in targets {

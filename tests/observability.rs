@@ -473,15 +473,7 @@ async fn one_order_is_one_trace_with_every_target_in_its_own_process() {
     let endpoint = receiver.serve_grpc().await;
     let vhost = Vhost::create();
     let data = tempfile::tempdir().unwrap();
-    let targets = [
-        "order",
-        "payment",
-        "inventory",
-        "delivery",
-        "dead-letter",
-        "manager",
-        "backend",
-    ];
+    let targets = SPLIT_TARGETS;
     let split = Split::start(
         &vhost,
         data.path(),

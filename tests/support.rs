@@ -8,6 +8,18 @@ use std::{collections::HashMap, process::Command, time::Duration};
 use common::{config::Config, shutdown::Shutdown};
 use serde_json::{Value, json};
 
+/// Every service as a target of its own, in the order the split tests start them: the
+/// workers first, the backend last.
+pub const SPLIT_TARGETS: [&str; 7] = [
+    "order",
+    "payment",
+    "inventory",
+    "delivery",
+    "dead-letter",
+    "manager",
+    "backend",
+];
+
 /// A RabbitMQ vhost that exists for the life of the value.
 pub struct Vhost {
     pub name: String,
