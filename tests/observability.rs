@@ -176,6 +176,20 @@ async fn http_export(
 }
 
 /// Points this process's tracing at `endpoint` (None: off), as `main` does from the env.
+/// Points this process's tracing at `receiver`, over `protocol` (`grpc` or
+/// `http/protobuf`).
+async fn export_to(receiver: &Receiver, protocol: &str) {
+    let endpoint = match protocol {
+        "grpc" => receiver.serve_grpc().await,
+        _ => receiver.serve_http().await,
+    };
+    install(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+    ])
+    .await;
+}
+
 async fn install(vars: &[(&str, &str)]) {
     let map: HashMap<String, String> = vars
         .iter()
@@ -368,12 +382,7 @@ async fn final_traced_order(base: &str, id: &str) -> Value {
 async fn one_successful_order_is_one_trace_across_the_six_services_over_grpc() {
     let _turn = TRACING.lock().await;
     let receiver = Receiver::default();
-    let endpoint = receiver.serve_grpc().await;
-    install(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ])
-    .await;
+    export_to(&receiver, "grpc").await;
     let m = InProcess::start(&[]).await;
 
     let id = purchase(
@@ -417,12 +426,7 @@ async fn one_successful_order_is_one_trace_across_the_six_services_over_grpc() {
 async fn a_compensated_order_shows_its_compensations_in_its_trace_over_http() {
     let _turn = TRACING.lock().await;
     let receiver = Receiver::default();
-    let endpoint = receiver.serve_http().await;
-    install(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-    ])
-    .await;
+    export_to(&receiver, "http/protobuf").await;
     let m = InProcess::start(&[]).await;
 
     let id = purchase(
@@ -682,12 +686,7 @@ async fn a_dead_lettered_message_stays_in_its_trace_through_the_dead_letter_serv
 
     let _turn = TRACING.lock().await;
     let receiver = Receiver::default();
-    let endpoint = receiver.serve_grpc().await;
-    install(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ])
-    .await;
+    export_to(&receiver, "grpc").await;
     let m = InProcess::start(&[]).await;
     let id = purchase(
         &m.base_url,
