@@ -12,6 +12,7 @@ pub mod inbox;
 pub mod messages;
 pub mod metrics;
 pub mod outbox;
+pub mod paging;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

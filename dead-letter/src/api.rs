@@ -13,6 +13,7 @@ use axum::{
 use common::{
     db::Db,
     http_error::{ApiError, ErrorBody},
+    paging,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -137,14 +138,8 @@ impl ListParams {
             Some("all") => None,
             Some(_) => return Err(bad("status", "must be open, resolved or all")),
         };
-        let limit = match present(&self.limit) {
-            None => DEFAULT_LIMIT,
-            Some(s) => match s.trim().parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                Ok(_) => return Err(bad("limit", &format!("must be between 1 and {MAX_LIMIT}"))),
-                Err(_) => return Err(bad("limit", "must be an integer")),
-            },
-        };
+        let limit = paging::limit(present(&self.limit).as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+            .map_err(|why| bad("limit", &why))?;
         let uuid = |name: &str, v: Option<String>| {
             v.map(|s| {
                 uuid::Uuid::parse_str(&s)
@@ -245,13 +240,7 @@ pub async fn list(
     let limit = filter.limit;
     filter.limit += 1;
     let mut letters = store::list(&db, &filter).await?;
-    let more = letters.len() as i64 > limit;
-    letters.truncate(limit as usize);
-    let next_cursor = if more {
-        letters.last().map(|l| l.id.clone())
-    } else {
-        None
-    };
+    let next_cursor = paging::next_page(&mut letters, limit, |l| l.id.clone());
     Ok(Json(DeadLetterPage {
         items: letters.iter().map(DeadLetterSummary::from).collect(),
         next_cursor,

@@ -8,6 +8,7 @@ use axum::{
 use common::{
     domain::{InvalidValue, OrderId, OrderStatus, Username},
     messages::TimelineEntry,
+    paging,
     time::rfc3339,
 };
 use serde::{Deserialize, Serialize};
@@ -141,19 +142,8 @@ impl ListParams {
         let status = present(&self.status)
             .map(|s| OrderStatus::parse(&s))
             .transpose()?;
-        let limit = match present(&self.limit) {
-            None => DEFAULT_LIMIT,
-            Some(s) => match s.trim().parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                Ok(_) => {
-                    return Err(InvalidValue::new(
-                        "limit",
-                        format!("must be between 1 and {MAX_LIMIT}"),
-                    ));
-                }
-                Err(_) => return Err(InvalidValue::new("limit", "must be an integer")),
-            },
-        };
+        let limit = paging::limit(present(&self.limit).as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+            .map_err(|why| InvalidValue::new("limit", why))?;
         let before = present(&self.cursor)
             .map(|s| {
                 OrderId::parse(&s)
@@ -313,13 +303,7 @@ pub async fn list_orders(
     let limit = filter.limit;
     filter.limit += 1;
     let mut orders = store::orders::list(&app.db, &filter).await?;
-    let more = orders.len() as i64 > limit;
-    orders.truncate(limit as usize);
-    let next_cursor = if more {
-        orders.last().map(|o| o.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = paging::next_page(&mut orders, limit, |o| o.id.to_string());
     Ok(Json(OrderPage {
         orders: orders.iter().map(OrderSummary::from).collect(),
         next_cursor,
