@@ -110,9 +110,9 @@ def garbage_for(queue: str) -> list[tuple[str, bytes, bool]]:
     """(what, body, with a message id) of each bad message for `queue`."""
     huge = b'{"type":"step_reply","padding":"' + b"x" * (2 * 1024 * 1024) + b'"}'
     wrong = {
-        "manager": {"type": "place_order", "order_id": "not-a-uuid"},
+        "manager": {"type": "step_reply", "order_id": "not-a-uuid"},
+        "manager.orders": {"type": "place_order", "order_id": "not-a-uuid"},
         "backend.events": {"type": "stock_changed", "product": 7},
-        "analytics.sales": {"type": "order_updated", "status": "SOLD_OUT"},
         "dead-letter": {"anything": True},
     }.get(queue, {"order_id": str(uuid.uuid4()), "step": "payment.steal", "terms": None})
     return [

@@ -597,7 +597,7 @@ async fn a_dead_lettered_place_order_finishes_unknown_and_its_replay_changes_not
     let user = format!("never-{}", uuid::Uuid::new_v4().simple());
     let order_id =
         support::purchase(&backend, json!({"username": user, "price": 5, "amount": 2})).await;
-    let body = reject_next(&ch, topology::MANAGER_QUEUE).await;
+    let body = reject_next(&ch, topology::ORDERS_QUEUE).await;
     match serde_json::from_slice::<ManagerMessage>(&body).unwrap() {
         ManagerMessage::PlaceOrder(p) => assert_eq!(p.order_id.to_string(), order_id),
         other => panic!("not the PlaceOrder: {other:?}"),
@@ -618,7 +618,7 @@ async fn a_dead_lettered_place_order_finishes_unknown_and_its_replay_changes_not
     let _ = page;
     let (_, page) = get(&format!("{base}/api/dead-letters?order_id={order_id}")).await;
     let letter = page["items"][0].clone();
-    assert_eq!(letter["original_queue"], "manager");
+    assert_eq!(letter["original_queue"], topology::ORDERS_QUEUE);
     assert_eq!(letter["routing_key"], topology::RK_PLACE_ORDER);
 
     // The manager starts and reads the notice: the order is finished UNKNOWN.

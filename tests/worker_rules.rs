@@ -67,7 +67,7 @@ fn command(order_id: OrderId, step: Step, price: i64, amount: i64) -> StepComman
 
 async fn run<L: StepLogic>(logic: &L, db: &Db, cmd: &StepCommand) -> StepResult {
     let mut tx = db.begin().await.unwrap();
-    let result = match logic.apply(&mut tx, cmd).await {
+    let result = match logic.apply(&mut tx, cmd, &mut Vec::new()).await {
         Ok(r) => r,
         Err(HandlerError::Transient(e) | HandlerError::Permanent(e)) => panic!("{e:#}"),
     };

@@ -22,14 +22,11 @@ pub use projection::Projection;
 /// The backend's own migrations (versions from 1000; below belongs to `common`).
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// How many events the projection may have in flight. Versions make it correct in any
-/// order (a stale event changes nothing); one at a time would cost a broker round trip per
-/// event and hold the read model tens of seconds behind the sagas under load.
-const PROJECTION_PREFETCH: u16 = 32;
-
-/// How many analytics deliveries may be in flight: counting is keyed by order id, so their
-/// order does not matter.
-const ANALYTICS_PREFETCH: u16 = 16;
+/// How many event messages the projection may hold unacked. Versions make it correct in
+/// any order (a stale event changes nothing), so it takes what waits, to batch it.
+const PROJECTION_PREFETCH: u16 = 256;
+/// The most event messages applied in one transaction.
+const PROJECTION_BATCH: usize = 128;
 
 /// Opens the backend's database, starts its consumers (projections and analytics) and
 /// returns the running service and the HTTP router (API, `/docs`, `/api-docs/openapi.json`;
@@ -47,18 +44,15 @@ pub async fn start(
         .context("opening the backend database")?;
     let broker = Broker::start(&config.amqp_url, "backend", shutdown.clone());
     let parts: Vec<service::Part> = vec![
-        Box::pin(bus::consume(
+        Box::pin(bus::consume_batches(
             broker.clone(),
             topology::BACKEND_EVENTS_QUEUE,
-            PROJECTION_PREFETCH,
+            bus::BatchOptions {
+                prefetch: PROJECTION_PREFETCH,
+                max_batch: PROJECTION_BATCH,
+                room: None,
+            },
             Arc::new(Projection::new(db.clone())),
-            shutdown.clone(),
-        )),
-        Box::pin(bus::consume(
-            broker.clone(),
-            topology::ANALYTICS_QUEUE,
-            ANALYTICS_PREFETCH,
-            Arc::new(Analytics::new(db.clone())),
             shutdown.clone(),
         )),
         Box::pin(sweep_idempotency_keys(

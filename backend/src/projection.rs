@@ -1,20 +1,26 @@
-//! The read models' consumer: every `Event` updates the orders, users or products table.
+//! The backend's one event consumer: every event updates the read models (orders, users,
+//! products) and, for a final order update, the sales figures, in one transaction.
 //!
 //! Each event carries the whole state it reports and a version, so applying it is an
 //! upsert that keeps the highest version: duplicates and reordering cannot regress a row.
-//! The inbox still records the message, so a redelivery costs no write at all.
+//! The inbox records each message, so a redelivery costs no write at all; the sales
+//! figures are keyed by order id besides, so an order is counted once even when its final
+//! update arrives in two messages. Events come alone or several to a message
+//! ([`Events`]); the deliveries waiting on the queue are applied in one transaction.
 
 use common::{
-    bus::{Handler, HandlerError, Incoming},
-    db::Db,
+    bus::{BatchHandler, HandlerError, Incoming},
+    db::{Db, Tx},
     inbox,
-    messages::Event,
+    messages::{Event, Events},
     telemetry::{self, Context},
+    topology,
 };
 
-use crate::store;
+use crate::{analytics, store};
 
-/// Applies events from [`common::topology::BACKEND_EVENTS_QUEUE`] to the read models.
+/// Applies events from [`common::topology::BACKEND_EVENTS_QUEUE`] to the read models and
+/// the sales figures.
 #[derive(Clone)]
 pub struct Projection {
     db: Db,
@@ -30,25 +36,52 @@ impl Projection {
     pub async fn apply(&self, message_id: &str, event: &Event) -> Result<(), HandlerError> {
         let _span = telemetry::transaction("backend", &self.db, "projection", &Context::current());
         let mut tx = self.db.begin().await?;
-        if !inbox::first_delivery(&mut tx, message_id).await? {
-            return Ok(());
+        if inbox::first_delivery(&mut tx, message_id).await? {
+            apply_event(&mut tx, event).await?;
         }
-        let changed = match event {
-            Event::OrderUpdated(u) => store::orders::apply_update(&mut tx, u).await?,
-            Event::CreditsChanged(c) => store::accounts::apply_credits(&mut tx, c).await?,
-            Event::StockChanged(s) => store::accounts::apply_stock(&mut tx, s).await?,
-        };
         tx.commit().await?;
-        if !changed {
-            tracing::debug!(message_id, "event older than the read model; ignored");
-        }
         Ok(())
     }
 }
 
-impl Handler for Projection {
-    async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        let event: Event = msg.decode()?;
-        self.apply(&msg.message_id, &event).await
+/// The events a message carries, by its routing key.
+fn events(msg: &Incoming) -> Result<Vec<Event>, HandlerError> {
+    if msg.routing_key == topology::RK_EVENTS {
+        Ok(msg.decode::<Events>()?.events)
+    } else {
+        Ok(vec![msg.decode::<Event>()?])
+    }
+}
+
+async fn apply_event(tx: &mut Tx, event: &Event) -> Result<(), HandlerError> {
+    let changed = match event {
+        Event::OrderUpdated(u) => {
+            analytics::record_in(tx, u).await?;
+            store::orders::apply_update(tx, u).await?
+        }
+        Event::CreditsChanged(c) => store::accounts::apply_credits(tx, c).await?,
+        Event::StockChanged(s) => store::accounts::apply_stock(tx, s).await?,
+    };
+    if !changed {
+        tracing::debug!("event older than the read model; ignored");
+    }
+    Ok(())
+}
+
+impl BatchHandler for Projection {
+    async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let decoded = batch.iter().map(events).collect::<Result<Vec<_>, _>>()?;
+        let _span = telemetry::transaction("backend", &self.db, "projection", &batch[0].cx);
+        let mut tx = self.db.begin().await?;
+        for (msg, events) in batch.iter().zip(&decoded) {
+            if !inbox::first_delivery(&mut tx, &msg.message_id).await? {
+                continue;
+            }
+            for event in events {
+                apply_event(&mut tx, event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
     }
 }

@@ -3,8 +3,9 @@
 mod support;
 
 use axum::http::StatusCode;
+use backend::Projection;
 use common::{
-    bus::{Handler, HandlerError, Incoming},
+    bus::{BatchHandler, HandlerError, Incoming},
     domain::{OrderId, OrderStatus},
     messages::{CreditsChanged, Event},
 };
@@ -112,6 +113,7 @@ fn incoming(body: &[u8]) -> Incoming {
         body: body.to_vec(),
         redelivered: false,
         properties: lapin::BasicProperties::default(),
+        cx: Default::default(),
     }
 }
 
@@ -126,8 +128,9 @@ async fn the_handler_counts_order_updates_ignores_other_events_and_refuses_garba
         true,
         4,
     ));
-    app.analytics
-        .handle(&incoming(&serde_json::to_vec(&update).unwrap()))
+    let projection = Projection::new(app.db.clone());
+    projection
+        .handle_batch(&[incoming(&serde_json::to_vec(&update).unwrap())])
         .await
         .unwrap();
     let other = Event::CreditsChanged(CreditsChanged {
@@ -135,12 +138,12 @@ async fn the_handler_counts_order_updates_ignores_other_events_and_refuses_garba
         credits: 1,
         version: 1,
     });
-    app.analytics
-        .handle(&incoming(&serde_json::to_vec(&other).unwrap()))
+    projection
+        .handle_batch(&[incoming(&serde_json::to_vec(&other).unwrap())])
         .await
         .unwrap();
     assert!(matches!(
-        app.analytics.handle(&incoming(b"{}")).await,
+        projection.handle_batch(&[incoming(b"{}")]).await,
         Err(HandlerError::Permanent(_))
     ));
     assert_eq!(sales(&app).await["revenue"], 9);

@@ -99,9 +99,9 @@ async fn a_purchase_reaches_the_manager_and_its_events_reach_the_read_models() {
     let conn = broker.connection(&probe_stop).await.unwrap();
     let channel = conn.create_channel().await.unwrap();
     let mut placed = None;
-    eventually("PlaceOrder in the manager queue", async || {
+    eventually("PlaceOrder in the orders queue", async || {
         if let Some(got) = channel
-            .basic_get(topology::MANAGER_QUEUE.into(), BasicGetOptions::default())
+            .basic_get(topology::ORDERS_QUEUE.into(), BasicGetOptions::default())
             .await
             .unwrap()
         {

@@ -6,7 +6,7 @@ mod support;
 use axum::http::StatusCode;
 use backend::Projection;
 use common::{
-    bus::{Handler, HandlerError, Incoming},
+    bus::{BatchHandler, HandlerError, Incoming},
     domain::{OrderId, OrderStatus},
     messages::{Event, Step, TimelineEntry},
 };
@@ -232,6 +232,7 @@ fn incoming(message_id: &str, body: &[u8]) -> Incoming {
         body: body.to_vec(),
         redelivered: false,
         properties: lapin::BasicProperties::default(),
+        cx: Default::default(),
     }
 }
 
@@ -240,7 +241,7 @@ async fn an_undecodable_event_is_a_permanent_error_for_the_dead_letter_store() {
     let app = spawn_app().await;
     let projection = Projection::new(app.db.clone());
     for body in [&b"not json"[..], br#"{"type": "place_order"}"#] {
-        let result = projection.handle(&incoming("m", body)).await;
+        let result = projection.handle_batch(&[incoming("m", body)]).await;
         assert!(
             matches!(result, Err(HandlerError::Permanent(_))),
             "{result:?}"
@@ -256,7 +257,7 @@ async fn an_event_delivered_through_the_handler_is_projected() {
     let event = Event::OrderUpdated(order_updated(id, &t, OrderStatus::Timeout, "done", true, 4));
     let body = serde_json::to_vec(&event).unwrap();
     Projection::new(app.db.clone())
-        .handle(&incoming("m-1", &body))
+        .handle_batch(&[incoming("m-1", &body)])
         .await
         .unwrap();
     assert_eq!(

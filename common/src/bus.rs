@@ -35,6 +35,9 @@ use crate::metrics::ConsumerMetrics;
 use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, config::redact, outbox::Pending, shutdown::Shutdown, topology};
 
+mod batch;
+pub use batch::{BatchHandler, BatchOptions, consume_batches};
+
 /// A supervised connection to RabbitMQ. Cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
@@ -241,6 +244,25 @@ pub async fn declare_topology(conn: &Connection) -> anyhow::Result<()> {
         }
     }
     let _ = channel.close(200, "topology declared".into()).await;
+    for (queue, exchange, key) in topology::RETIRED_BINDINGS {
+        // A channel each: unbinding from a queue that does not exist closes the channel.
+        let channel = conn.create_channel().await?;
+        let unbound = channel
+            .queue_unbind(
+                (*queue).into(),
+                (*exchange).into(),
+                (*key).into(),
+                FieldTable::default(),
+            )
+            .await;
+        match unbound {
+            Ok(()) => {
+                let _ = channel.close(200, "retired binding removed".into()).await;
+            }
+            Err(e) if e.to_string().contains("NOT_FOUND") => {}
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("unbinding {queue}"))),
+        }
+    }
     Ok(())
 }
 
@@ -651,9 +673,36 @@ pub struct Incoming {
     pub body: Vec<u8>,
     pub redelivered: bool,
     pub properties: BasicProperties,
+    /// The context of the message's consumer span: work done for it, and messages it
+    /// causes, belong to its trace. Set by the consume loops.
+    pub cx: telemetry::Context,
 }
 
 impl Incoming {
+    /// The message of a delivery, and what acknowledges it.
+    fn from_delivery(delivery: lapin::message::Delivery) -> (Incoming, lapin::Acker) {
+        let msg = Incoming {
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            routing_key: delivery.routing_key.to_string(),
+            exchange: delivery.exchange.to_string(),
+            correlation_id: delivery
+                .properties
+                .correlation_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+            body: delivery.data,
+            redelivered: delivery.redelivered,
+            properties: delivery.properties,
+            cx: telemetry::Context::new(),
+        };
+        (msg, delivery.acker)
+    }
+
     /// Deliveries so far, as counted by the quorum queue (0 on the first).
     pub fn delivery_count(&self) -> i64 {
         header_i64(&self.properties, "x-delivery-count").unwrap_or(0)
@@ -783,28 +832,23 @@ async fn process<H: Handler>(
     shutdown: Shutdown,
     counters: ConsumerMetrics,
 ) {
-    let msg = Incoming {
-        message_id: delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
-        routing_key: delivery.routing_key.to_string(),
-        exchange: delivery.exchange.to_string(),
-        correlation_id: delivery
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|s| s.to_string()),
-        body: delivery.data,
-        redelivered: delivery.redelivered,
-        properties: delivery.properties,
-    };
+    let (msg, acker) = Incoming::from_delivery(delivery);
     if msg.redelivered || msg.delivery_count() > 0 {
         counters.redelivered.inc();
     }
-    let acker = delivery.acker;
+    process_alone(msg, acker, handler, queue, shutdown, counters).await
+}
+
+/// Handles one message until it is acked, rejected or requeued: transient failures are
+/// retried in place with backoff, permanent ones rejected to the dead-letter store.
+async fn process_alone<H: Handler>(
+    msg: Incoming,
+    acker: lapin::Acker,
+    handler: Arc<H>,
+    queue: &'static str,
+    shutdown: Shutdown,
+    counters: ConsumerMetrics,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     // A message without an id cannot be deduplicated: it is rejected to the dead-letter
     // store, where the queue has one. A queue that dead-letters nowhere (the store's own)

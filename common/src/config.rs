@@ -43,6 +43,13 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How long an `Idempotency-Key` is remembered; a retry after that places a new order.
     pub idempotency_key_ttl: Duration,
+    /// Sagas the manager runs at once; more orders wait in their queue until one finishes,
+    /// so that a step's deadline measures its worker, not a queue the marketplace filled.
+    pub max_sagas_in_flight: usize,
+    /// Orders accepted and not yet final past which the backend refuses new purchases
+    /// (503 with Retry-After) before storing anything: a 202 always means the order will
+    /// complete, and a flood cannot grow the backlog without bound.
+    pub max_backlog: usize,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -101,6 +108,16 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "IDEMPOTENCY_KEY_TTL_MS",
         "86400000",
         "how long an Idempotency-Key is remembered (longer than any client's retries)",
+    ),
+    (
+        "MAX_SAGAS_IN_FLIGHT",
+        "256",
+        "sagas the manager runs at once; further orders wait in their queue",
+    ),
+    (
+        "MAX_BACKLOG",
+        "50000",
+        "orders accepted and not final past which purchases are refused with 503",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
@@ -210,6 +227,9 @@ impl Config {
             var("IDEMPOTENCY_KEY_TTL_MS"),
             24 * 60 * 60 * 1000,
         )?;
+        let max_sagas_in_flight =
+            positive("MAX_SAGAS_IN_FLIGHT", var("MAX_SAGAS_IN_FLIGHT"), 256)? as usize;
+        let max_backlog = positive("MAX_BACKLOG", var("MAX_BACKLOG"), 50_000)? as usize;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -224,6 +244,8 @@ impl Config {
             fault_stall_ms,
             shutdown_timeout: Duration::from_millis(shutdown_ms as u64),
             idempotency_key_ttl: Duration::from_millis(idempotency_ms as u64),
+            max_sagas_in_flight,
+            max_backlog,
         })
     }
 }
@@ -321,6 +343,7 @@ mod tests {
         assert!(c.database_url.is_none());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 60 * 60));
+        assert_eq!((c.max_sagas_in_flight, c.max_backlog), (256, 50_000));
     }
 
     #[test]
@@ -334,6 +357,8 @@ mod tests {
             ("AMQP_URL", "http://x"),
             ("DATABASE_URL", "mysql://x"),
             ("IDEMPOTENCY_KEY_TTL_MS", "a day"),
+            ("MAX_SAGAS_IN_FLIGHT", "0"),
+            ("MAX_BACKLOG", "many"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.variable, name);

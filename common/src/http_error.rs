@@ -48,6 +48,10 @@ pub enum ApiError {
     /// 503 `unavailable`: the database does not answer; the request may be retried.
     #[error("the database is unavailable, retry later")]
     Unavailable(#[source] sqlx::Error),
+    /// 503 `overloaded`, with `Retry-After`: more work is waiting than the marketplace
+    /// takes on; nothing was stored, and the same request may be sent again later.
+    #[error("{detail}; retry after {retry_after_s} s")]
+    Overloaded { detail: String, retry_after_s: u64 },
     /// 500 `internal`: logged with its cause; the client only learns that it happened.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -63,7 +67,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -80,6 +86,7 @@ impl ApiError {
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::InvalidField(_) => "invalid_field",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -125,7 +132,8 @@ impl From<QueryRejection> for ApiError {
 #[schema(example = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))]
 pub struct ErrorBody {
     /// `malformed_json`, `bad_request`, `fault_injection_disabled`, `not_found`, `conflict`,
-    /// `method_not_allowed`, `body_too_large`, `invalid_field`, `unavailable` or `internal`.
+    /// `method_not_allowed`, `body_too_large`, `invalid_field`, `unavailable`, `overloaded`
+    /// or `internal`.
     pub error: String,
     /// What is wrong, for a person; for `invalid_field` it starts with the field's name.
     pub detail: String,
@@ -144,7 +152,14 @@ impl IntoResponse for ApiError {
             error: self.code().to_string(),
             detail: self.to_string(),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::Overloaded { retry_after_s, .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_s),
+            );
+        }
+        response
     }
 }
 
@@ -201,6 +216,17 @@ mod tests {
             body["detail"],
             "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"
         );
+    }
+
+    #[tokio::test]
+    async fn an_overload_is_503_with_retry_after() {
+        let response = ApiError::Overloaded {
+            detail: "too much".into(),
+            retry_after_s: 2,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "2");
     }
 
     #[test]

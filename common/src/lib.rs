@@ -13,6 +13,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outbox;
 pub mod paging;
+pub mod room;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -288,6 +288,14 @@ pub enum Event {
     StockChanged(StockChanged),
 }
 
+/// Several events in one message: a batch of transitions publishes its events together,
+/// so the readers take one delivery for many. Each event keeps its own version, so the
+/// readers need no order between or within batches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Events {
+    pub events: Vec<Event>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,14 +165,7 @@ pub async fn flush(db: &Db, publisher: &mut Publisher) -> anyhow::Result<()> {
             return Ok(());
         }
         let confirmed = publisher.publish_all(&batch).await?;
-        let mut tx = db.begin().await?;
-        for id in &confirmed {
-            sqlx::query("DELETE FROM outbox WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        delete(db, &confirmed).await?;
         if confirmed.len() < batch.len() {
             anyhow::bail!(
                 "{} of {} messages were not confirmed",
@@ -184,6 +177,25 @@ pub async fn flush(db: &Db, publisher: &mut Publisher) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Deletes the published rows, in one statement.
+async fn delete(db: &Db, ids: &[String]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "DELETE FROM outbox WHERE id IN ({})",
+        placeholders.join(", ")
+    );
+    // Not kept prepared: one statement per batch length would crowd the cache.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query.execute(db.pool()).await?;
+    Ok(())
 }
 
 async fn pending(db: &Db) -> Result<Vec<Pending>, sqlx::Error> {

@@ -13,13 +13,17 @@ pub const EVENTS_EXCHANGE: &str = "marketplace.events";
 /// Fanout exchange every queue dead-letters into.
 pub const DLX_EXCHANGE: &str = "marketplace.dlx";
 
+/// Replies and dead-letter notices for the manager: never wait behind new orders.
 pub const MANAGER_QUEUE: &str = "manager";
+/// New orders (`PlaceOrder`), taken by the manager only when a saga may start: the durable
+/// backlog of a burst waits here.
+pub const ORDERS_QUEUE: &str = "manager.orders";
 pub const ORDER_QUEUE: &str = "order";
 pub const PAYMENT_QUEUE: &str = "payment";
 pub const INVENTORY_QUEUE: &str = "inventory";
 pub const DELIVERY_QUEUE: &str = "delivery";
+/// Every event, for the backend's read models and sales figures (one consumer, one copy).
 pub const BACKEND_EVENTS_QUEUE: &str = "backend.events";
-pub const ANALYTICS_QUEUE: &str = "analytics.sales";
 pub const DEAD_LETTER_QUEUE: &str = "dead-letter";
 
 /// Routing keys on [`EXCHANGE`].
@@ -30,6 +34,8 @@ pub const RK_DEAD_LETTERED: &str = "manager.dead-lettered";
 pub const RK_ORDER_UPDATED: &str = "event.order-updated";
 pub const RK_CREDITS_CHANGED: &str = "event.credits-changed";
 pub const RK_STOCK_CHANGED: &str = "event.stock-changed";
+/// Several events in one message ([`crate::messages::Events`]).
+pub const RK_EVENTS: &str = "event.batch";
 
 /// How many times a message may be delivered before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 5;
@@ -72,7 +78,13 @@ pub const QUEUES: &[QueueSpec] = &[
     QueueSpec {
         name: MANAGER_QUEUE,
         exchange: EXCHANGE,
-        bindings: &[RK_PLACE_ORDER, RK_STEP_REPLY, RK_DEAD_LETTERED],
+        bindings: &[RK_STEP_REPLY, RK_DEAD_LETTERED],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: ORDERS_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &[RK_PLACE_ORDER],
         dead_letters: true,
     },
     QueueSpec {
@@ -106,17 +118,21 @@ pub const QUEUES: &[QueueSpec] = &[
         dead_letters: true,
     },
     QueueSpec {
-        name: ANALYTICS_QUEUE,
-        exchange: EVENTS_EXCHANGE,
-        bindings: &[RK_ORDER_UPDATED],
-        dead_letters: true,
-    },
-    QueueSpec {
         name: DEAD_LETTER_QUEUE,
         exchange: DLX_EXCHANGE,
         bindings: &[""],
         dead_letters: false,
     },
+];
+
+/// Bindings of earlier versions of the topology, removed at declaration so that nothing
+/// is routed twice: `(queue, exchange, routing key)`. New orders moved from the manager's
+/// queue to their own; the sales figures are now derived by the backend's one event
+/// consumer, so the queue that fed them a second copy of every order update gets no more
+/// (it is left in place, with whatever it held, for an operator to delete).
+pub const RETIRED_BINDINGS: &[(&str, &str, &str)] = &[
+    (MANAGER_QUEUE, EXCHANGE, RK_PLACE_ORDER),
+    ("analytics.sales", EVENTS_EXCHANGE, RK_ORDER_UPDATED),
 ];
 
 /// Whether a message rejected from `queue` goes to the dead-letter exchange (true for any

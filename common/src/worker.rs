@@ -4,13 +4,13 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use crate::{
-    bus::{self, Broker, Handler, HandlerError, Incoming},
+    bus::{self, BatchHandler, BatchOptions, Broker, HandlerError, Incoming},
     db::{Db, Tx},
     inbox,
-    messages::{Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker},
+    messages::{Event, Events, Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker},
     outbox,
     shutdown::Shutdown,
-    telemetry::{self, Context, KeyValue},
+    telemetry::{self, KeyValue},
     topology,
 };
 
@@ -18,17 +18,20 @@ use crate::{
 pub trait StepLogic: Send + Sync + 'static {
     const WORKER: Worker;
 
-    /// Applies `cmd` inside `tx` (events may be enqueued in it too) and returns what to
-    /// reply. Must be idempotent per (order, step), and leave a tombstone when a
-    /// compensation finds no forward effect to undo.
+    /// Applies `cmd` inside `tx` and returns what to reply; the events it causes are pushed
+    /// to `events` (published with the batch's, in its transaction). Must be idempotent per
+    /// (order, step), and leave a tombstone when a compensation finds no forward effect to
+    /// undo.
     fn apply(
         &self,
         tx: &mut Tx,
         cmd: &StepCommand,
+        events: &mut Vec<Event>,
     ) -> impl Future<Output = Result<StepResult, HandlerError>> + Send;
 }
 
-/// Adapts a [`StepLogic`] into a queue [`Handler`].
+/// Adapts a [`StepLogic`] into a queue [`BatchHandler`]: the commands waiting on the queue
+/// are applied in one transaction, each with its inbox record and its reply.
 pub struct StepHandler<L> {
     pub logic: L,
     pub db: Db,
@@ -36,8 +39,52 @@ pub struct StepHandler<L> {
     pub stall: Duration,
 }
 
-impl<L: StepLogic> Handler for StepHandler<L> {
-    async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
+impl<L: StepLogic> BatchHandler for StepHandler<L> {
+    async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let cmds = batch
+            .iter()
+            .map(|msg| self.command(msg))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let [cmd] = cmds.as_slice()
+            && cmd.fault == Some(Fault::Stall)
+        {
+            // Outside any transaction: a stalled step must not hold the database.
+            tracing::info!(order_id = %cmd.order_id, step = cmd.step.name(), "fault injection: stalling");
+            tokio::time::sleep(self.stall).await;
+        }
+        let mut tx = self.db.begin().await?;
+        let mut events = Vec::new();
+        for (msg, cmd) in batch.iter().zip(&cmds) {
+            // Each command's part of the transaction is a span of its own order's trace.
+            let service = worker_name(L::WORKER);
+            let span = telemetry::transaction(service, &self.db, cmd.step.name(), &msg.cx);
+            span.set_attribute(KeyValue::new(
+                "marketplace.order_id",
+                cmd.order_id.to_string(),
+            ));
+            let work = self.apply_one(&mut tx, msg, cmd, &mut events);
+            let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
+            if let Err(e) = &result {
+                span.set_error(e.to_string());
+            }
+            result?;
+        }
+        publish_events(&mut tx, events, &batch[0].cx).await?;
+        tx.commit().await?;
+        self.db.wake_outbox();
+        Ok(())
+    }
+
+    fn apart(&self, msg: &Incoming) -> bool {
+        // Only a command that parses can stall; anything else fails in the batch path.
+        msg.decode::<StepCommand>()
+            .is_ok_and(|cmd| cmd.fault == Some(Fault::Stall))
+    }
+}
+
+impl<L: StepLogic> StepHandler<L> {
+    /// The command a message carries, if it is one of this worker's.
+    fn command(&self, msg: &Incoming) -> Result<StepCommand, HandlerError> {
         let cmd: StepCommand = msg.decode()?;
         if cmd.step.worker() != L::WORKER {
             return Err(HandlerError::Permanent(anyhow::anyhow!(
@@ -46,31 +93,18 @@ impl<L: StepLogic> Handler for StepHandler<L> {
                 L::WORKER
             )));
         }
-        if cmd.fault == Some(Fault::Stall) {
-            // Outside any transaction: a stalled step must not hold the database.
-            tracing::info!(order_id = %cmd.order_id, step = cmd.step.name(), "fault injection: stalling");
-            tokio::time::sleep(self.stall).await;
-        }
-        let service = worker_name(L::WORKER);
-        let span = telemetry::transaction(service, &self.db, cmd.step.name(), &Context::current());
-        span.set_attribute(KeyValue::new(
-            "marketplace.order_id",
-            cmd.order_id.to_string(),
-        ));
-        let work = self.apply_in_tx(msg, &cmd);
-        let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
-        if let Err(e) = &result {
-            span.set_error(e.to_string());
-        }
-        result
+        Ok(cmd)
     }
-}
 
-impl<L: StepLogic> StepHandler<L> {
-    /// The step, its inbox record and its reply, in one transaction.
-    async fn apply_in_tx(&self, msg: &Incoming, cmd: &StepCommand) -> Result<(), HandlerError> {
-        let mut tx = self.db.begin().await?;
-        if !inbox::first_delivery(&mut tx, &msg.message_id).await? {
+    /// One step inside the batch's transaction: its inbox record, its effect and its reply.
+    async fn apply_one(
+        &self,
+        tx: &mut Tx,
+        msg: &Incoming,
+        cmd: &StepCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<(), HandlerError> {
+        if !inbox::first_delivery(tx, &msg.message_id).await? {
             tracing::debug!(id = %msg.message_id, "duplicate delivery; acknowledged again");
             return Ok(());
         }
@@ -79,26 +113,75 @@ impl<L: StepLogic> StepHandler<L> {
                 error: format!("injected fault: {} killed", cmd.step.name()),
             }
         } else {
-            self.logic.apply(&mut tx, cmd).await?
+            self.logic.apply(tx, cmd, events).await?
         };
-        tracing::info!(order_id = %cmd.order_id, step = cmd.step.name(), ?result, "step handled");
+        tracing::debug!(order_id = %cmd.order_id, step = cmd.step.name(), ?result, "step handled");
         let reply = ManagerMessage::StepReply(StepReply {
             order_id: cmd.order_id,
             step: cmd.step,
             result,
         });
         outbox::enqueue(
-            &mut tx,
+            tx,
             topology::EXCHANGE,
             topology::RK_STEP_REPLY,
             Some(cmd.order_id.to_string()),
             &reply,
         )
         .await?;
-        tx.commit().await?;
-        self.db.wake_outbox();
         Ok(())
     }
+}
+
+/// Writes the events of a batch to the outbox as one message. Of several updates of one
+/// balance or one stock only the newest is kept: readers keep the highest version anyway.
+/// The message travels in the trace of the batch's first message.
+pub async fn publish_events(
+    tx: &mut Tx,
+    events: Vec<Event>,
+    cx: &crate::telemetry::Context,
+) -> Result<(), sqlx::Error> {
+    let events = newest_only(events);
+    if events.is_empty() {
+        return Ok(());
+    }
+    outbox::enqueue_in(
+        tx,
+        cx,
+        topology::EVENTS_EXCHANGE,
+        topology::RK_EVENTS,
+        None,
+        &Events { events },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Drops every balance or stock event that a later one of the same key supersedes, keeping
+/// the order of the rest.
+fn newest_only(events: Vec<Event>) -> Vec<Event> {
+    use std::collections::HashMap;
+    let key = |e: &Event| match e {
+        Event::CreditsChanged(c) => Some(format!("credits/{}", c.username.as_str())),
+        Event::StockChanged(s) => Some(format!("stock/{}", s.product)),
+        Event::OrderUpdated(_) => None,
+    };
+    let version = |e: &Event| match e {
+        Event::CreditsChanged(c) => c.version,
+        Event::StockChanged(s) => s.version,
+        Event::OrderUpdated(u) => u.version,
+    };
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for e in &events {
+        if let Some(k) = key(e) {
+            let v = newest.entry(k).or_insert(i64::MIN);
+            *v = (*v).max(version(e));
+        }
+    }
+    events
+        .into_iter()
+        .filter(|e| key(e).is_none_or(|k| newest.get(&k) == Some(&version(e))))
+        .collect()
 }
 
 /// The service name of a worker, as in logs, traces and the `marketplace` targets.
@@ -111,16 +194,25 @@ pub fn worker_name(worker: Worker) -> &'static str {
     }
 }
 
+/// Commands a worker may hold unacked: enough to form large batches under load.
+const PREFETCH: u16 = 256;
+/// The most commands applied in one transaction.
+const MAX_BATCH: usize = 128;
+
 /// The consume loop of a worker's command queue.
 pub fn consume<L: StepLogic>(
     handler: StepHandler<L>,
     broker: Broker,
     shutdown: Shutdown,
 ) -> crate::service::Part {
-    Box::pin(bus::consume(
+    Box::pin(bus::consume_batches(
         broker,
         topology::worker_queue(L::WORKER),
-        64,
+        BatchOptions {
+            prefetch: PREFETCH,
+            max_batch: MAX_BATCH,
+            room: None,
+        },
         Arc::new(handler),
         shutdown,
     ))
@@ -142,4 +234,45 @@ pub fn spawn<L: StepLogic>(
     };
     let parts = vec![consume(handler, broker.clone(), shutdown.clone())];
     crate::service::spawn(name, db, broker, parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::Username,
+        messages::{CreditsChanged, StockChanged},
+    };
+
+    fn credits(user: &str, version: i64) -> Event {
+        Event::CreditsChanged(CreditsChanged {
+            username: Username::parse(user).unwrap(),
+            credits: 500 - version,
+            version,
+        })
+    }
+
+    fn stock(version: i64) -> Event {
+        Event::StockChanged(StockChanged {
+            product: "late_token".into(),
+            stock: 500 - version,
+            version,
+        })
+    }
+
+    #[test]
+    fn of_several_updates_of_one_balance_or_stock_only_the_newest_is_published() {
+        let batch = vec![
+            credits("ann", 1),
+            stock(4),
+            credits("bob", 7),
+            credits("ann", 3),
+            stock(5),
+            credits("ann", 2),
+        ];
+        assert_eq!(
+            newest_only(batch),
+            vec![credits("bob", 7), credits("ann", 3), stock(5)]
+        );
+    }
 }

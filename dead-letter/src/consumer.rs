@@ -190,6 +190,7 @@ mod tests {
             body: body.as_bytes().to_vec(),
             redelivered: false,
             properties: BasicProperties::default(),
+            cx: Default::default(),
         }
     }
 

@@ -4,7 +4,7 @@ use common::{
     bus::HandlerError,
     config::Config,
     db::{Db, Tx},
-    messages::{Step, StepCommand, StepResult, Worker},
+    messages::{Event, Step, StepCommand, StepResult, Worker},
     service,
     shutdown::Shutdown,
     time::now_ms,
@@ -27,7 +27,12 @@ pub struct Deliveries;
 impl StepLogic for Deliveries {
     const WORKER: Worker = Worker::Delivery;
 
-    async fn apply(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        cmd: &StepCommand,
+        _events: &mut Vec<Event>,
+    ) -> Result<StepResult, HandlerError> {
         let order_id = cmd.order_id.to_string();
         match cmd.step {
             Step::ScheduleDelivery => {

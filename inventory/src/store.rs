@@ -8,10 +8,8 @@ use common::{
     db::{Db, Tx},
     domain::PRODUCT,
     messages::{Event, Refusal, Step, StepCommand, StepResult, StockChanged, Worker},
-    outbox,
     time::now_ms,
-    topology,
-    worker::StepLogic,
+    worker::{self, StepLogic},
 };
 use sqlx::Row;
 
@@ -20,10 +18,15 @@ pub struct Inventory;
 impl StepLogic for Inventory {
     const WORKER: Worker = Worker::Inventory;
 
-    async fn apply(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        cmd: &StepCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<StepResult, HandlerError> {
         match cmd.step {
-            Step::ReserveStock => reserve(tx, cmd).await,
-            Step::ReleaseStock => release(tx, cmd).await,
+            Step::ReserveStock => reserve(tx, cmd, events).await,
+            Step::ReleaseStock => release(tx, cmd, events).await,
             other => unreachable!("StepHandler routes only inventory steps, got {other:?}"),
         }
     }
@@ -42,15 +45,18 @@ pub async fn stock_product(db: &Db, initial_stock: i64) -> anyhow::Result<()> {
         .bind(PRODUCT)
         .fetch_one(&mut *tx)
         .await?;
-    publish_stock(&mut tx, row.try_get("stock")?, row.try_get("version")?)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let event = stock(row.try_get("stock")?, row.try_get("version")?);
+    worker::publish_events(&mut tx, vec![event], &common::telemetry::Context::current()).await?;
     tx.commit().await.context("stocking the product")?;
     db.wake_outbox();
     Ok(())
 }
 
-async fn reserve(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+async fn reserve(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+    events: &mut Vec<Event>,
+) -> Result<StepResult, HandlerError> {
     let order_id = cmd.order_id.to_string();
     let amount = cmd.terms.amount.get();
     if !claim(tx, &order_id, amount, "RESERVED").await? {
@@ -66,7 +72,7 @@ async fn reserve(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerEr
     .await?;
     match taken {
         Some(row) => {
-            publish_stock(tx, row.try_get("stock")?, row.try_get("version")?).await?;
+            events.push(stock(row.try_get("stock")?, row.try_get("version")?));
             Ok(StepResult::Done)
         }
         None => {
@@ -82,7 +88,11 @@ async fn reserve(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerEr
     }
 }
 
-async fn release(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+async fn release(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+    events: &mut Vec<Event>,
+) -> Result<StepResult, HandlerError> {
     let order_id = cmd.order_id.to_string();
     if claim(tx, &order_id, cmd.terms.amount.get(), "CANCELLED").await? {
         return Ok(StepResult::Done); // tombstone
@@ -104,7 +114,10 @@ async fn release(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerEr
         .bind(PRODUCT)
         .fetch_one(&mut **tx)
         .await?;
-        publish_stock(tx, stock.try_get("stock")?, stock.try_get("version")?).await?;
+        events.push(self::stock(
+            stock.try_get("stock")?,
+            stock.try_get("version")?,
+        ));
     }
     Ok(StepResult::Done)
 }
@@ -144,19 +157,11 @@ async fn earlier_answer(tx: &mut Tx, order_id: &str) -> Result<StepResult, sqlx:
     })
 }
 
-async fn publish_stock(tx: &mut Tx, stock: i64, version: i64) -> Result<(), sqlx::Error> {
-    let event = Event::StockChanged(StockChanged {
+/// The event announcing the product's stock.
+fn stock(stock: i64, version: i64) -> Event {
+    Event::StockChanged(StockChanged {
         product: PRODUCT.to_string(),
         stock,
         version,
-    });
-    outbox::enqueue(
-        tx,
-        topology::EVENTS_EXCHANGE,
-        topology::RK_STOCK_CHANGED,
-        None,
-        &event,
-    )
-    .await?;
-    Ok(())
+    })
 }

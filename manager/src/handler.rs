@@ -1,16 +1,23 @@
 //! The manager's shell around the pure saga: load, decide, and persist the new state with
 //! its commands and its event in one transaction.
+//!
+//! Messages come in batches (group commit): the replies waiting on the manager's queue, or
+//! the new orders the flow-control room admits, are decided in one transaction, their
+//! commands and one message carrying all their events written to the outbox with it. A
+//! batch that fails is handled message by message by the consume loop, with the
+//! compare-and-set retries of [`Manager::advance`].
 
 use std::sync::Arc;
 
 use common::metrics::Metrics;
 use common::{
-    bus::{Broker, Handler, HandlerError, Incoming},
+    bus::{BatchHandler, Broker, HandlerError, Incoming},
     db::{Db, Tx},
     domain::OrderId,
     inbox,
-    messages::{DeadLettered, Event, ManagerMessage, OrderUpdated, PlaceOrder},
+    messages::{DeadLettered, Event, Events, ManagerMessage, OrderUpdated, PlaceOrder},
     outbox,
+    room::Room,
     time::now_ms,
     topology,
 };
@@ -33,11 +40,82 @@ pub struct Manager {
     pub metrics: Arc<Metrics>,
     /// The manager's own broker connection: a deadline does not count an outage of it.
     pub broker: Broker,
+    /// The sagas in flight, against their bound: a new order is taken from its queue only
+    /// when there is room for its saga.
+    pub room: Arc<Room>,
 }
 
-impl Handler for Manager {
-    async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
-        match msg.decode::<ManagerMessage>()? {
+/// A transition decided inside a transaction, and what is left to do once it commits.
+struct Decided {
+    t: Transition,
+    /// Timeline entries before the transition (0 for a saga just started).
+    before: usize,
+    closed: Vec<Closed>,
+    /// Whether the saga came into being with this transition (it takes a slot of the room).
+    started: bool,
+}
+
+/// What one input did, inside a transaction.
+enum Outcome {
+    /// Nothing to do: a duplicate delivery, or an input for no known saga.
+    Nothing,
+    /// The saga ignored it (a stale deadline, a late reply).
+    Ignored {
+        saga: Box<Saga>,
+        link: Option<Link>,
+    },
+    /// Another writer moved the saga first: decide again on a fresh transaction.
+    Conflict,
+    Decided(Box<Decided>),
+}
+
+impl BatchHandler for Manager {
+    async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
+        let messages = batch
+            .iter()
+            .map(|m| m.decode::<ManagerMessage>())
+            .collect::<Result<Vec<_>, _>>()?;
+        if let ([msg], [message]) = (batch, messages.as_slice()) {
+            let work = self.handle_one(msg, message.clone());
+            return telemetry::FutureExt::with_context(work, msg.cx.clone()).await;
+        }
+        let _tx_span = telemetry::transaction("manager", &self.db, "saga batch", &batch[0].cx);
+        let mut tx = self.db.begin().await?;
+        let mut decided = Vec::new();
+        for (msg, message) in batch.iter().zip(messages) {
+            let work = self.decide_in(&mut tx, msg, message);
+            match telemetry::FutureExt::with_context(work, msg.cx.clone()).await? {
+                Outcome::Nothing | Outcome::Ignored { .. } => {}
+                Outcome::Conflict => {
+                    return Err(HandlerError::Transient(anyhow::anyhow!(
+                        "a saga of the batch moved concurrently"
+                    )));
+                }
+                Outcome::Decided(d) => decided.push(*d),
+            }
+        }
+        self.publish_events(&mut tx, &decided, &batch[0].cx).await?;
+        tx.commit().await?;
+        for d in decided {
+            self.committed(d);
+        }
+        Ok(())
+    }
+
+    fn apart(&self, msg: &Incoming) -> bool {
+        // Rare, and with a path of its own (a dead `PlaceOrder` may start a saga).
+        msg.routing_key == topology::RK_DEAD_LETTERED
+    }
+}
+
+impl Manager {
+    /// One message in a transaction of its own, retried on a concurrent update.
+    async fn handle_one(
+        &self,
+        msg: &Incoming,
+        message: ManagerMessage,
+    ) -> Result<(), HandlerError> {
+        match message {
             ManagerMessage::PlaceOrder(place) => self.place(&msg.message_id, place).await,
             ManagerMessage::StepReply(reply) => {
                 let order_id = reply.order_id;
@@ -47,15 +125,43 @@ impl Handler for Manager {
             ManagerMessage::DeadLettered(dl) => self.dead_lettered(&msg.message_id, dl).await,
         }
     }
-}
 
-impl Manager {
+    /// Decides one message of a batch inside `tx`.
+    async fn decide_in(
+        &self,
+        tx: &mut Tx,
+        msg: &Incoming,
+        message: ManagerMessage,
+    ) -> Result<Outcome, HandlerError> {
+        match message {
+            ManagerMessage::PlaceOrder(place) => self.place_in(tx, &msg.message_id, place).await,
+            ManagerMessage::StepReply(reply) => {
+                let order_id = reply.order_id;
+                self.advance_in(tx, Some(&msg.message_id), order_id, Input::Reply(reply))
+                    .await
+            }
+            ManagerMessage::DeadLettered(_) => Err(HandlerError::Transient(anyhow::anyhow!(
+                "a dead letter is handled alone"
+            ))),
+        }
+    }
+
     /// Starts a saga. A second PlaceOrder for the same order changes nothing.
     async fn place(&self, message_id: &str, place: PlaceOrder) -> Result<(), HandlerError> {
         let _tx_span = telemetry::transaction("manager", &self.db, "saga", &Context::current());
         let mut tx = self.db.begin().await?;
-        if !inbox::first_delivery(&mut tx, message_id).await? {
-            return Ok(());
+        let outcome = self.place_in(&mut tx, message_id, place).await?;
+        self.commit_one(tx, outcome).await.map(|_| ())
+    }
+
+    async fn place_in(
+        &self,
+        tx: &mut Tx,
+        message_id: &str,
+        place: PlaceOrder,
+    ) -> Result<Outcome, HandlerError> {
+        if !inbox::first_delivery(tx, message_id).await? {
+            return Ok(Outcome::Nothing);
         }
         let mut t = Saga::start(
             place.order_id,
@@ -67,20 +173,20 @@ impl Manager {
         );
         begin_trace(&mut t, &Context::current());
         let closed = annotate(&mut t, 0, &Context::current());
-        if !store::insert(&mut tx, &t.saga)
+        if !store::insert(tx, &t.saga)
             .await
             .map_err(HandlerError::Transient)?
         {
             tracing::warn!(order_id = %place.order_id, "saga exists already; PlaceOrder ignored");
-            tx.commit().await?;
-            return Ok(());
+            return Ok(Outcome::Nothing);
         }
-        self.publish(&mut tx, &t).await?;
-        tx.commit().await?;
-        record_closed(closed);
-        self.after_commit(&t);
-        crate::metrics::record(&self.metrics, 0, &t);
-        Ok(())
+        self.publish_commands(tx, &t).await?;
+        Ok(Outcome::Decided(Box::new(Decided {
+            t,
+            before: 0,
+            closed,
+            started: true,
+        })))
     }
 
     /// A message of a saga was dead-lettered. When it was the saga's own `PlaceOrder` and no
@@ -118,12 +224,17 @@ impl Manager {
                 .await
                 .map_err(HandlerError::Transient)?
             {
-                self.publish(&mut tx, &t).await?;
-                tx.commit().await?;
+                self.publish_commands(&mut tx, &t).await?;
                 tracing::warn!(%order_id, "PlaceOrder dead-lettered before its saga started; order finished UNKNOWN");
-                self.after_commit(&t);
-                crate::metrics::record(&self.metrics, 0, &t);
-                return Ok(());
+                let decided = Decided {
+                    t,
+                    before: 0,
+                    closed: Vec::new(),
+                    // Finished as it began: it never held a slot.
+                    started: false,
+                };
+                let outcome = Outcome::Decided(Box::new(decided));
+                return self.commit_one(tx, outcome).await.map(|_| ());
             }
         }
         // The saga exists (or was just started by a copy of the PlaceOrder): the dead letter
@@ -146,51 +257,95 @@ impl Manager {
     ) -> Result<(), HandlerError> {
         for _ in 0..MAX_CONFLICTS {
             let mut tx = self.db.begin().await?;
-            if let Some(id) = message_id
-                && !inbox::first_delivery(&mut tx, id).await?
-            {
+            let outcome = self
+                .advance_in(&mut tx, message_id, order_id, input.clone())
+                .await?;
+            if self.commit_one(tx, outcome).await? {
                 return Ok(());
             }
-            let Some(saga) = store::load(&mut tx, order_id)
-                .await
-                .map_err(HandlerError::Transient)?
-            else {
-                tracing::warn!(%order_id, ?input, "input for an unknown saga; ignored");
-                tx.commit().await?;
-                return Ok(());
-            };
-            let _tx_span = transaction_span(&self.db, &saga);
-            let mut t = saga.apply(input.clone(), now_ms(), &self.timing);
-            if t.ignored {
-                tx.commit().await?;
-                if let Input::Deadline(link) = input {
-                    self.deadline_held(&saga, link);
-                }
-                return Ok(());
-            }
-            let closed = annotate(&mut t, saga.timeline.len(), &Context::current());
-            if !store::update(&mut tx, &t.saga, saga.version)
-                .await
-                .map_err(HandlerError::Transient)?
-            {
-                tracing::debug!(%order_id, "saga moved concurrently; deciding again");
-                continue;
-            }
-            self.publish(&mut tx, &t).await?;
-            tx.commit().await?;
-            record_closed(closed);
-            self.after_commit(&t);
-            crate::metrics::record(&self.metrics, saga.timeline.len(), &t);
-            return Ok(());
+            tracing::debug!(%order_id, "saga moved concurrently; deciding again");
         }
         Err(HandlerError::Transient(anyhow::anyhow!(
             "saga {order_id} kept changing under {MAX_CONFLICTS} attempts"
         )))
     }
 
-    /// Writes the transition's commands and the saga's new state (for read models) to the
-    /// outbox.
-    async fn publish(&self, tx: &mut Tx, t: &Transition) -> Result<(), HandlerError> {
+    /// Decides one input inside `tx`: loads the saga, applies the input, and writes the new
+    /// state and its commands (the event is written by the caller, with the batch's).
+    async fn advance_in(
+        &self,
+        tx: &mut Tx,
+        message_id: Option<&str>,
+        order_id: OrderId,
+        input: Input,
+    ) -> Result<Outcome, HandlerError> {
+        if let Some(id) = message_id
+            && !inbox::first_delivery(tx, id).await?
+        {
+            return Ok(Outcome::Nothing);
+        }
+        let Some(saga) = store::load(tx, order_id)
+            .await
+            .map_err(HandlerError::Transient)?
+        else {
+            tracing::warn!(%order_id, ?input, "input for an unknown saga; ignored");
+            return Ok(Outcome::Nothing);
+        };
+        let _tx_span = transaction_span(&self.db, &saga);
+        let link = match &input {
+            Input::Deadline(link) => Some(*link),
+            _ => None,
+        };
+        let mut t = saga.apply(input, now_ms(), &self.timing);
+        if t.ignored {
+            return Ok(Outcome::Ignored {
+                saga: Box::new(saga),
+                link,
+            });
+        }
+        let before = saga.timeline.len();
+        let closed = annotate(&mut t, before, &Context::current());
+        if !store::update(tx, &t.saga, saga.version)
+            .await
+            .map_err(HandlerError::Transient)?
+        {
+            return Ok(Outcome::Conflict);
+        }
+        self.publish_commands(tx, &t).await?;
+        Ok(Outcome::Decided(Box::new(Decided {
+            t,
+            before,
+            closed,
+            started: false,
+        })))
+    }
+
+    /// Commits a transaction that decided one input; false on a conflict (nothing
+    /// committed: the caller decides again).
+    async fn commit_one(&self, mut tx: Tx, outcome: Outcome) -> Result<bool, HandlerError> {
+        match outcome {
+            Outcome::Conflict => return Ok(false),
+            Outcome::Nothing => tx.commit().await?,
+            Outcome::Ignored { saga, link } => {
+                tx.commit().await?;
+                if let Some(link) = link {
+                    self.deadline_held(&saga, link);
+                }
+            }
+            Outcome::Decided(d) => {
+                let decided = [*d];
+                self.publish_events(&mut tx, &decided, &Context::current())
+                    .await?;
+                tx.commit().await?;
+                let [d] = decided;
+                self.committed(d);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes the transition's commands to the outbox, each in its step's span.
+    async fn publish_commands(&self, tx: &mut Tx, t: &Transition) -> Result<(), HandlerError> {
         let id = Some(t.saga.order_id.to_string());
         for cmd in &t.commands {
             outbox::enqueue_in(
@@ -203,40 +358,75 @@ impl Manager {
             )
             .await?;
         }
-        let s = &t.saga;
-        let event = Event::OrderUpdated(OrderUpdated {
-            order_id: s.order_id,
-            terms: s.terms.clone(),
-            status: s.status(),
-            phase: s.phase().to_string(),
-            created: s.created,
-            version: s.version,
-            placed_at_ms: s.placed_at_ms,
-            updated_at_ms: s.updated_at_ms,
-            timeline: s.timeline.clone(),
-            trace_id: s.trace.as_ref().map(|trace| trace.trace_id.clone()),
-        });
+        Ok(())
+    }
+
+    /// Writes the sagas' new states (for read models), all in one message, to the outbox.
+    async fn publish_events(
+        &self,
+        tx: &mut Tx,
+        decided: &[Decided],
+        cx: &Context,
+    ) -> Result<(), HandlerError> {
+        if decided.is_empty() {
+            return Ok(());
+        }
+        let events = decided
+            .iter()
+            .map(|d| {
+                let s = &d.t.saga;
+                Event::OrderUpdated(OrderUpdated {
+                    order_id: s.order_id,
+                    terms: s.terms.clone(),
+                    status: s.status(),
+                    phase: s.phase().to_string(),
+                    created: s.created,
+                    version: s.version,
+                    placed_at_ms: s.placed_at_ms,
+                    updated_at_ms: s.updated_at_ms,
+                    timeline: s.timeline.clone(),
+                    trace_id: s.trace.as_ref().map(|trace| trace.trace_id.clone()),
+                })
+            })
+            .collect();
+        // The message travels in the first saga's trace: one message cannot be in several.
+        let cx = if telemetry::trace_id(cx).is_some() {
+            cx.clone()
+        } else {
+            work_context(&decided[0].t.saga)
+        };
+        let id = (decided.len() == 1).then(|| decided[0].t.saga.order_id.to_string());
         outbox::enqueue_in(
             tx,
-            &work_context(&t.saga),
+            &cx,
             topology::EVENTS_EXCHANGE,
-            topology::RK_ORDER_UPDATED,
+            topology::RK_EVENTS,
             id,
-            &event,
+            &Events { events },
         )
         .await?;
         Ok(())
     }
 
-    fn after_commit(&self, t: &Transition) {
+    /// What follows a committed transition: the relay is woken, the next deadline armed,
+    /// the spans it closed recorded, the metrics counted and the room adjusted.
+    fn committed(&self, d: Decided) {
+        record_closed(d.closed);
         self.db.wake_outbox();
+        let t = &d.t;
         if let Some(at) = t.saga.deadline_ms() {
             self.timers.schedule(at, t.saga.order_id);
         }
-        if !t.saga.status().is_final() {
-            return;
+        crate::metrics::record(&self.metrics, d.before, t);
+        let finished = t.saga.status().is_final();
+        match (d.started, finished) {
+            (true, false) => self.room.take(1),
+            (false, true) if d.before > 0 => self.room.release(1),
+            _ => {}
         }
-        tracing::info!(order_id = %t.saga.order_id, status = %t.saga.status(), "saga finished");
+        if finished {
+            tracing::info!(order_id = %t.saga.order_id, status = %t.saga.status(), "saga finished");
+        }
     }
 
     /// Fires a deadline, logging (not propagating) a failure: the backstop scan retries.

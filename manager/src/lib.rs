@@ -10,9 +10,10 @@ mod timers;
 use std::{sync::Arc, time::Duration};
 
 use common::{
-    bus::{self, Broker},
+    bus::{self, BatchOptions, Broker},
     config::Config,
     db::Db,
+    room::Room,
     service,
     shutdown::Shutdown,
     time::now_ms,
@@ -22,6 +23,9 @@ use common::{
 pub use handler::Manager;
 use saga::Timing;
 use timers::Timers;
+
+/// The most messages decided in one transaction.
+const MAX_BATCH: usize = 128;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -34,6 +38,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
     for (order_id, at) in store::all_deadlines(db.pool()).await? {
         timers.schedule(at, order_id);
     }
+    let room = Arc::new(Room::new(config.max_sagas_in_flight));
+    room.recount(store::in_flight(db.pool()).await?);
     let manager = Manager {
         db: db.clone(),
         timing: Timing {
@@ -43,12 +49,32 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         timers: timers.clone(),
         metrics: broker.metrics().clone(),
         broker: broker.clone(),
+        room: room.clone(),
     };
-    let consumer = bus::consume(
+    let handler = Arc::new(manager.clone());
+    // Replies never wait behind new orders: each has its own queue and consumer.
+    let replies = bus::consume_batches(
         broker.clone(),
         topology::MANAGER_QUEUE,
-        64,
-        Arc::new(manager.clone()),
+        BatchOptions {
+            prefetch: 256,
+            max_batch: MAX_BATCH,
+            room: None,
+        },
+        handler.clone(),
+        shutdown.clone(),
+    );
+    let orders = bus::consume_batches(
+        broker.clone(),
+        topology::ORDERS_QUEUE,
+        BatchOptions {
+            // Few held unacked: the backlog waits in the queue, where it is durable and
+            // where another replica may take it.
+            prefetch: u16::try_from(config.max_sagas_in_flight.clamp(1, 256)).unwrap_or(256),
+            max_batch: MAX_BATCH,
+            room: Some(room),
+        },
+        handler,
         shutdown.clone(),
     );
     let timer_loop = {
@@ -63,13 +89,18 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         }
     };
     let backstop = backstop(manager, shutdown.clone());
-    let parts: Vec<service::Part> =
-        vec![Box::pin(consumer), Box::pin(timer_loop), Box::pin(backstop)];
+    let parts: Vec<service::Part> = vec![
+        Box::pin(replies),
+        Box::pin(orders),
+        Box::pin(timer_loop),
+        Box::pin(backstop),
+    ];
     Ok(service::spawn("manager", db, broker, parts))
 }
 
 /// Every second, fires the deadlines the database says are due: those of a saga whose
-/// in-memory timer was lost (a failed attempt, or another replica that went away).
+/// in-memory timer was lost (a failed attempt, or another replica that went away). And
+/// counts the sagas in flight again: the store is the truth for the room's estimate.
 async fn backstop(manager: Manager, shutdown: Shutdown) {
     loop {
         tokio::select! {
@@ -84,6 +115,12 @@ async fn backstop(manager: Manager, shutdown: Shutdown) {
                 }
             }
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "deadline scan failed"),
+        }
+        match store::in_flight(manager.db.pool()).await {
+            Ok(n) => manager.room.recount(n),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "counting the sagas in flight failed")
+            }
         }
     }
 }

@@ -72,6 +72,15 @@ pub async fn due(
     deadlines(rows)
 }
 
+/// How many sagas are not finished (only those have a deadline).
+pub async fn in_flight(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL")
+        .fetch_one(pool)
+        .await?
+        .try_get("n")?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Every pending deadline, for the timer wheel of a (re)started manager.
 pub async fn all_deadlines(pool: &sqlx::AnyPool) -> anyhow::Result<Vec<(OrderId, i64)>> {
     let rows = sqlx::query("SELECT order_id, deadline_ms FROM sagas WHERE deadline_ms IS NOT NULL")

@@ -5,7 +5,7 @@ use common::{
     config::Config,
     db::{Db, Tx},
     domain::OrderStatus,
-    messages::{Step, StepCommand, StepResult, Worker},
+    messages::{Event, Step, StepCommand, StepResult, Worker},
     service,
     shutdown::Shutdown,
     time::now_ms,
@@ -26,7 +26,12 @@ pub struct Orders;
 impl StepLogic for Orders {
     const WORKER: Worker = Worker::Order;
 
-    async fn apply(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        cmd: &StepCommand,
+        _events: &mut Vec<Event>,
+    ) -> Result<StepResult, HandlerError> {
         let order_id = cmd.order_id.to_string();
         match cmd.step {
             Step::CreateOrder => {

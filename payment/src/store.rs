@@ -9,9 +9,7 @@ use common::{
     bus::HandlerError,
     db::Tx,
     messages::{CreditsChanged, Event, Refusal, Step, StepCommand, StepResult, Worker},
-    outbox,
     time::now_ms,
-    topology,
     worker::StepLogic,
 };
 use sqlx::Row;
@@ -24,17 +22,27 @@ pub struct Payments {
 impl StepLogic for Payments {
     const WORKER: Worker = Worker::Payment;
 
-    async fn apply(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut Tx,
+        cmd: &StepCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<StepResult, HandlerError> {
         match cmd.step {
-            Step::ChargePayment => self.charge(tx, cmd).await,
-            Step::RefundPayment => refund(tx, cmd).await,
+            Step::ChargePayment => self.charge(tx, cmd, events).await,
+            Step::RefundPayment => refund(tx, cmd, events).await,
             other => unreachable!("StepHandler routes only payment steps, got {other:?}"),
         }
     }
 }
 
 impl Payments {
-    async fn charge(&self, tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+    async fn charge(
+        &self,
+        tx: &mut Tx,
+        cmd: &StepCommand,
+        events: &mut Vec<Event>,
+    ) -> Result<StepResult, HandlerError> {
         let order_id = cmd.order_id.to_string();
         let username = cmd.terms.username.as_str();
         let total = cmd.terms.total().get();
@@ -44,7 +52,7 @@ impl Payments {
             .execute(&mut **tx)
             .await?;
         if opened.rows_affected() == 1 {
-            publish_balance(tx, username, self.initial_credits, 0).await?;
+            events.push(balance(username, self.initial_credits, 0)?);
         }
         if !claim(tx, &order_id, username, total, "CHARGED").await? {
             return Ok(earlier_answer(tx, &order_id).await?);
@@ -59,13 +67,11 @@ impl Payments {
         .await?;
         match debited {
             Some(row) => {
-                publish_balance(
-                    tx,
+                events.push(balance(
                     username,
                     row.try_get("credits")?,
                     row.try_get("version")?,
-                )
-                .await?;
+                )?);
                 Ok(StepResult::Done)
             }
             None => {
@@ -78,7 +84,11 @@ impl Payments {
     }
 }
 
-async fn refund(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerError> {
+async fn refund(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+    events: &mut Vec<Event>,
+) -> Result<StepResult, HandlerError> {
     let order_id = cmd.order_id.to_string();
     let username = cmd.terms.username.as_str();
     if claim(
@@ -110,13 +120,11 @@ async fn refund(tx: &mut Tx, cmd: &StepCommand) -> Result<StepResult, HandlerErr
         .bind(&user)
         .fetch_one(&mut **tx)
         .await?;
-        publish_balance(
-            tx,
+        events.push(self::balance(
             &user,
             balance.try_get("credits")?,
             balance.try_get("version")?,
-        )
-        .await?;
+        )?);
     }
     Ok(StepResult::Done)
 }
@@ -169,25 +177,12 @@ async fn earlier_answer(tx: &mut Tx, order_id: &str) -> Result<StepResult, sqlx:
     })
 }
 
-async fn publish_balance(
-    tx: &mut Tx,
-    username: &str,
-    credits: i64,
-    version: i64,
-) -> Result<(), HandlerError> {
-    let event = Event::CreditsChanged(CreditsChanged {
+/// The event announcing a user's balance.
+fn balance(username: &str, credits: i64, version: i64) -> Result<Event, HandlerError> {
+    Ok(Event::CreditsChanged(CreditsChanged {
         username: common::domain::Username::parse(username)
             .map_err(|e| HandlerError::Permanent(e.into()))?,
         credits,
         version,
-    });
-    outbox::enqueue(
-        tx,
-        topology::EVENTS_EXCHANGE,
-        topology::RK_CREDITS_CHANGED,
-        None,
-        &event,
-    )
-    .await?;
-    Ok(())
+    }))
 }

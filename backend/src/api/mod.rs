@@ -11,6 +11,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub mod accounts;
 pub mod analytics;
+pub mod backlog;
 pub mod orders;
 pub mod purchase;
 
@@ -22,6 +23,8 @@ pub struct AppState {
     pub db: Db,
     /// Whether purchase fault flags are honoured (`FAULT_INJECTION`); refused with 403 if not.
     pub fault_injection: bool,
+    /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
+    pub backlog: std::sync::Arc<backlog::Backlog>,
 }
 
 /// The API, `/docs` and `/api-docs/openapi.json` over `db`. Needs no broker: a purchase
@@ -44,6 +47,7 @@ pub fn router_with_docs(
     let state = AppState {
         db,
         fault_injection: config.fault_injection,
+        backlog: std::sync::Arc::new(backlog::Backlog::new(config.max_backlog)),
     };
     Router::new()
         .route("/api/purchase", post(purchase::purchase))

@@ -297,8 +297,14 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("out of range" = (value = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))),
                 ("overflow" = (value = json!({"error": "invalid_field", "detail": "price: price × amount overflows a 64-bit integer"}))),
             )),
-        (status = 503, description = "The database is unavailable", body = ApiError,
-            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
+        (status = 503, description = "The database is unavailable, or more orders are waiting to \
+complete than the marketplace takes on (`MAX_BACKLOG`); nothing was placed. Retry after the \
+`Retry-After` seconds", body = ApiError,
+            headers(("retry-after" = u64, description = "Seconds to wait before retrying (on `overloaded`)")),
+            examples(
+                ("unavailable" = (value = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"}))),
+                ("overloaded" = (value = json!({"error": "overloaded", "detail": "50000 orders are waiting to complete, the most this marketplace takes on (MAX_BACKLOG=50000); nothing was placed; retry after 1 s"}))),
+            )),
     )
 )]
 pub async fn purchase(
@@ -321,6 +327,17 @@ pub async fn purchase(
     };
     // Serialized once: this exact text is what a repeat of the request will be answered.
     let answer = serde_json::to_string(&accepted).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Err(overloaded) = app.backlog.admit(&app.db).await {
+        // A retry of a purchase already accepted is still answered: it places nothing.
+        if let Some(key) = &key
+            && store::idempotency::find(&app.db, key.as_str())
+                .await?
+                .is_some()
+        {
+            return replay(&app, key, &fingerprint(&purchase)).await;
+        }
+        return Err(overloaded);
+    }
     let mut tx = app.db.begin().await?;
     if let Some(key) = &key {
         let record = Recorded {
@@ -354,6 +371,7 @@ pub async fn purchase(
     .await?;
     tx.commit().await?;
     app.db.wake_outbox();
+    app.backlog.accepted();
     tracing::debug!(%order_id, "order accepted");
     Ok(answer_with(StatusCode::ACCEPTED, order_id, answer, false))
 }
