@@ -304,7 +304,8 @@ async fn metrics_count_known_traffic_exactly() {
     // Consumers: every command and reply handled once; the garbage rejected, one redelivered.
     let consumed = "marketplace_messages_consumed_total";
     for (queue, n) in [
-        ("manager", 31.0),
+        ("manager.orders", 5.0),
+        ("manager", 26.0),
         ("order", 10.0),
         ("payment", 6.0),
         ("inventory", 5.0),

@@ -22,10 +22,7 @@ use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
 use lapin::{
     Acker, Connection,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-        BasicRejectOptions,
-    },
+    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
 use tokio_util::task::TaskTracker;
@@ -246,25 +243,16 @@ impl<H: BatchHandler> Batches<'_, H> {
                 if msgs.len() > 1 {
                     tracing::debug!(queue, size = msgs.len(), error = %format!("{e:#}"), "batch failed; handling its messages one by one");
                 }
-                self.one_by_one(msgs, ackers, e).await;
+                self.one_by_one(msgs, ackers).await;
             }
         }
     }
 
     /// The fallback: each message alone, in order, with the single-message loop's retries
-    /// and rejections. A batch of one that failed permanently is rejected at once.
-    async fn one_by_one(&self, msgs: Vec<Incoming>, ackers: Vec<Acker>, error: HandlerError) {
+    /// and rejections (a message that fails for good fails again there, and is rejected in
+    /// its own span, so the line that says so carries its trace).
+    async fn one_by_one(&self, msgs: Vec<Incoming>, ackers: Vec<Acker>) {
         let queue = self.queue;
-        if msgs.len() == 1
-            && let HandlerError::Permanent(e) = &error
-        {
-            self.counters.permanent.inc();
-            tracing::error!(queue, id = %msgs[0].message_id, error = %format!("{e:#}"), "rejecting message to the dead-letter store");
-            let _ = ackers[0]
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
-            return;
-        }
         let traced = Arc::new(super::Traced {
             inner: self.alone.clone(),
             service: self.broker.service.clone(),
