@@ -17,6 +17,7 @@ fn help() -> String {
     }
     s.push_str("  healthcheck  exit 0 if the process on HTTP_ADDR is ready (for container health checks)\n");
     s.push_str("  audit [--grace-ms N]\n               check the five invariants across every service's store; prints JSON,\n               exit 0 if they hold, 1 if not, 2 if a store cannot be read\n");
+    s.push_str("  loadgen ...  drive a running marketplace over HTTP and report throughput, latency and\n               messages per order (marketplace loadgen --help)\n");
     s.push_str("\nEnvironment:\n");
     for (name, default, what) in common::config::VARIABLES {
         s.push_str(&format!("  {name:<26} {what} [default: {default}]\n"));
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         }
         [cmd] if cmd == "healthcheck" => return healthcheck(),
         [cmd, rest @ ..] if cmd == "audit" => return audit(rest),
+        [cmd, rest @ ..] if cmd == "loadgen" => return marketplace::loadgen::main(rest),
         [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
         _ => {
             eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
