@@ -65,18 +65,79 @@ pub async fn enqueue_in(
     correlation_id: Option<String>,
     body: &impl Serialize,
 ) -> Result<String, sqlx::Error> {
+    let message = message(cx, exchange, routing_key, correlation_id, body)?;
+    enqueue_pending(tx, &message).await?;
+    Ok(message.id)
+}
+
+/// A message for the outbox, in the trace of `cx`, with a fresh id: written later with
+/// others by [`enqueue_all`].
+pub fn message(
+    cx: &Context,
+    exchange: &str,
+    routing_key: &str,
+    correlation_id: Option<String>,
+    body: &impl Serialize,
+) -> Result<Pending, sqlx::Error> {
     let payload = serde_json::to_string(body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let headers = telemetry::inject(cx);
-    let message = Pending {
+    Ok(Pending {
         id: uuid::Uuid::now_v7().to_string(),
         exchange: exchange.into(),
         routing_key: routing_key.into(),
         correlation_id,
         payload,
         headers: (!headers.is_empty()).then_some(headers),
-    };
-    enqueue_pending(tx, &message).await?;
-    Ok(message.id)
+    })
+}
+
+/// Adds every message inside `tx`, a few hundred to a statement (a batch's replies, its
+/// commands and its events cost one round trip to the database, not one each).
+pub async fn enqueue_all(tx: &mut Tx, messages: &[Pending]) -> Result<(), sqlx::Error> {
+    const ROWS: usize = 256;
+    let now = now_ms();
+    for chunk in messages.chunks(ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 2 + i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, $1, ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO outbox (id, exchange, routing_key, correlation_id, payload, created_at_ms, headers) VALUES {}",
+            rows.join(", ")
+        );
+        // Not kept prepared: one statement per batch size would crowd the statement cache.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(now);
+        for m in chunk {
+            query = query
+                .bind(m.id.clone())
+                .bind(m.exchange.clone())
+                .bind(m.routing_key.clone())
+                .bind(m.correlation_id.clone())
+                .bind(m.payload.clone())
+                .bind(stored_headers(m)?);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn stored_headers(m: &Pending) -> Result<Option<String>, sqlx::Error> {
+    m.headers
+        .as_ref()
+        .map(|h| serde_json::to_string(h).map_err(|e| sqlx::Error::Encode(Box::new(e))))
+        .transpose()
 }
 
 /// The trace context (`traceparent`, `tracestate`) among message headers stored as a JSON
@@ -104,10 +165,7 @@ pub async fn enqueue_pending(tx: &mut Tx, message: &Pending) -> Result<(), sqlx:
     .bind(&message.correlation_id)
     .bind(&message.payload)
     .bind(now_ms())
-    .bind(match &message.headers {
-        Some(h) => Some(serde_json::to_string(h).map_err(|e| sqlx::Error::Encode(Box::new(e)))?),
-        None => None,
-    })
+    .bind(stored_headers(message)?)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -9,8 +9,9 @@ use crate::{
     inbox,
     messages::{Event, Events, Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker},
     outbox,
+    outbox::Pending,
     shutdown::Shutdown,
-    telemetry::{self, KeyValue},
+    telemetry::{self, Context, KeyValue},
     topology,
 };
 
@@ -53,8 +54,15 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
             tokio::time::sleep(self.stall).await;
         }
         let mut tx = self.db.begin().await?;
+        let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
+        let mut first = inbox::first_deliveries(&mut tx, &ids).await?;
         let mut events = Vec::new();
+        let mut out = Vec::with_capacity(batch.len() + 1);
         for (msg, cmd) in batch.iter().zip(&cmds) {
+            if !first.remove(&msg.message_id) {
+                tracing::debug!(id = %msg.message_id, "duplicate delivery; acknowledged again");
+                continue;
+            }
             // Each command's part of the transaction is a span of its own order's trace.
             let service = worker_name(L::WORKER);
             let span = telemetry::transaction(service, &self.db, cmd.step.name(), &msg.cx);
@@ -62,14 +70,15 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
                 "marketplace.order_id",
                 cmd.order_id.to_string(),
             ));
-            let work = self.apply_one(&mut tx, msg, cmd, &mut events);
+            let work = self.apply_one(&mut tx, cmd, &mut events);
             let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
             if let Err(e) = &result {
                 span.set_error(e.to_string());
             }
-            result?;
+            out.push(reply(span.context(), cmd, result?)?);
         }
-        publish_events(&mut tx, events, &batch[0].cx).await?;
+        out.extend(events_message(events, &batch[0].cx)?);
+        outbox::enqueue_all(&mut tx, &out).await?;
         tx.commit().await?;
         self.db.wake_outbox();
         Ok(())
@@ -96,18 +105,13 @@ impl<L: StepLogic> StepHandler<L> {
         Ok(cmd)
     }
 
-    /// One step inside the batch's transaction: its inbox record, its effect and its reply.
+    /// One step inside the batch's transaction: its effect, and what to reply.
     async fn apply_one(
         &self,
         tx: &mut Tx,
-        msg: &Incoming,
         cmd: &StepCommand,
         events: &mut Vec<Event>,
-    ) -> Result<(), HandlerError> {
-        if !inbox::first_delivery(tx, &msg.message_id).await? {
-            tracing::debug!(id = %msg.message_id, "duplicate delivery; acknowledged again");
-            return Ok(());
-        }
+    ) -> Result<StepResult, HandlerError> {
         let result = if cmd.fault == Some(Fault::Kill) {
             StepResult::Failed {
                 error: format!("injected fault: {} killed", cmd.step.name()),
@@ -116,45 +120,42 @@ impl<L: StepLogic> StepHandler<L> {
             self.logic.apply(tx, cmd, events).await?
         };
         tracing::debug!(order_id = %cmd.order_id, step = cmd.step.name(), ?result, "step handled");
-        let reply = ManagerMessage::StepReply(StepReply {
-            order_id: cmd.order_id,
-            step: cmd.step,
-            result,
-        });
-        outbox::enqueue(
-            tx,
-            topology::EXCHANGE,
-            topology::RK_STEP_REPLY,
-            Some(cmd.order_id.to_string()),
-            &reply,
-        )
-        .await?;
-        Ok(())
+        Ok(result)
     }
 }
 
-/// Writes the events of a batch to the outbox as one message. Of several updates of one
-/// balance or one stock only the newest is kept: readers keep the highest version anyway.
-/// The message travels in the trace of the batch's first message.
-pub async fn publish_events(
-    tx: &mut Tx,
-    events: Vec<Event>,
-    cx: &crate::telemetry::Context,
-) -> Result<(), sqlx::Error> {
+/// The reply to `cmd`, in the trace of `cx`.
+fn reply(cx: &Context, cmd: &StepCommand, result: StepResult) -> Result<Pending, sqlx::Error> {
+    let reply = ManagerMessage::StepReply(StepReply {
+        order_id: cmd.order_id,
+        step: cmd.step,
+        result,
+    });
+    outbox::message(
+        cx,
+        topology::EXCHANGE,
+        topology::RK_STEP_REPLY,
+        Some(cmd.order_id.to_string()),
+        &reply,
+    )
+}
+
+/// The events of a batch as one message for the outbox, if there are any. Of several
+/// updates of one balance or one stock only the newest is kept: readers keep the highest
+/// version anyway. The message travels in the trace of `cx` (the batch's first message).
+pub fn events_message(events: Vec<Event>, cx: &Context) -> Result<Option<Pending>, sqlx::Error> {
     let events = newest_only(events);
     if events.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    outbox::enqueue_in(
-        tx,
+    outbox::message(
         cx,
         topology::EVENTS_EXCHANGE,
         topology::RK_EVENTS,
         None,
         &Events { events },
     )
-    .await?;
-    Ok(())
+    .map(Some)
 }
 
 /// Drops every balance or stock event that a later one of the same key supersedes, keeping

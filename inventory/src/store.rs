@@ -8,6 +8,7 @@ use common::{
     db::{Db, Tx},
     domain::PRODUCT,
     messages::{Event, Refusal, Step, StepCommand, StepResult, StockChanged, Worker},
+    outbox,
     time::now_ms,
     worker::{self, StepLogic},
 };
@@ -46,7 +47,10 @@ pub async fn stock_product(db: &Db, initial_stock: i64) -> anyhow::Result<()> {
         .fetch_one(&mut *tx)
         .await?;
     let event = stock(row.try_get("stock")?, row.try_get("version")?);
-    worker::publish_events(&mut tx, vec![event], &common::telemetry::Context::current()).await?;
+    let cx = common::telemetry::Context::current();
+    if let Some(message) = worker::events_message(vec![event], &cx)? {
+        outbox::enqueue_pending(&mut tx, &message).await?;
+    }
     tx.commit().await.context("stocking the product")?;
     db.wake_outbox();
     Ok(())

@@ -2,10 +2,11 @@
 //! its commands and its event in one transaction.
 //!
 //! Messages come in batches (group commit): the replies waiting on the manager's queue, or
-//! the new orders the flow-control room admits, are decided in one transaction, their
-//! commands and one message carrying all their events written to the outbox with it. A
-//! batch that fails is handled message by message by the consume loop, with the
-//! compare-and-set retries of [`Manager::advance`].
+//! the new orders the flow-control room admits, are decided in one transaction: one
+//! statement records their inbox entries, one loads their sagas, and one writes every
+//! command together with one message carrying all their events. A batch that fails is
+//! handled message by message by the consume loop, each with the compare-and-set retries
+//! of [`Manager::advance`].
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use common::{
     domain::OrderId,
     inbox,
     messages::{DeadLettered, Event, Events, ManagerMessage, OrderUpdated, PlaceOrder},
-    outbox,
+    outbox::{self, Pending},
     room::Room,
     time::now_ms,
     topology,
@@ -48,6 +49,8 @@ pub struct Manager {
 /// A transition decided inside a transaction, and what is left to do once it commits.
 struct Decided {
     t: Transition,
+    /// Its commands, for the outbox.
+    commands: Vec<Pending>,
     /// Timeline entries before the transition (0 for a saga just started).
     before: usize,
     closed: Vec<Closed>,
@@ -81,20 +84,54 @@ impl BatchHandler for Manager {
         }
         let _tx_span = telemetry::transaction("manager", &self.db, "saga batch", &batch[0].cx);
         let mut tx = self.db.begin().await?;
+        let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
+        let mut first = inbox::first_deliveries(&mut tx, &ids).await?;
+        let awaited: Vec<OrderId> = messages
+            .iter()
+            .filter_map(|m| match m {
+                ManagerMessage::StepReply(r) => Some(r.order_id),
+                _ => None,
+            })
+            .collect();
+        let mut sagas = store::load_many(&mut tx, &awaited)
+            .await
+            .map_err(HandlerError::Transient)?;
         let mut decided = Vec::new();
         for (msg, message) in batch.iter().zip(messages) {
-            let work = self.decide_in(&mut tx, msg, message);
-            match telemetry::FutureExt::with_context(work, msg.cx.clone()).await? {
+            if !first.remove(&msg.message_id) {
+                continue;
+            }
+            let outcome = match message {
+                ManagerMessage::PlaceOrder(place) => self.start(&mut tx, place, &msg.cx).await?,
+                ManagerMessage::StepReply(reply) => {
+                    let Some(saga) = sagas.get(&reply.order_id) else {
+                        tracing::warn!(order_id = %reply.order_id, "reply for an unknown saga; ignored");
+                        continue;
+                    };
+                    self.decide(&mut tx, saga, Input::Reply(reply), &msg.cx)
+                        .await?
+                }
+                ManagerMessage::DeadLettered(_) => {
+                    return Err(HandlerError::Transient(anyhow::anyhow!(
+                        "a dead letter is handled alone"
+                    )));
+                }
+            };
+            match outcome {
                 Outcome::Nothing | Outcome::Ignored { .. } => {}
                 Outcome::Conflict => {
                     return Err(HandlerError::Transient(anyhow::anyhow!(
                         "a saga of the batch moved concurrently"
                     )));
                 }
-                Outcome::Decided(d) => decided.push(*d),
+                Outcome::Decided(d) => {
+                    // A later message of the batch for the same saga sees this state.
+                    sagas.insert(d.t.saga.order_id, d.t.saga.clone());
+                    decided.push(*d);
+                }
             }
         }
-        self.publish_events(&mut tx, &decided, &batch[0].cx).await?;
+        self.write(&mut tx, &decided, &batch[0].cx).await?;
         tx.commit().await?;
         for d in decided {
             self.committed(d);
@@ -126,43 +163,26 @@ impl Manager {
         }
     }
 
-    /// Decides one message of a batch inside `tx`.
-    async fn decide_in(
-        &self,
-        tx: &mut Tx,
-        msg: &Incoming,
-        message: ManagerMessage,
-    ) -> Result<Outcome, HandlerError> {
-        match message {
-            ManagerMessage::PlaceOrder(place) => self.place_in(tx, &msg.message_id, place).await,
-            ManagerMessage::StepReply(reply) => {
-                let order_id = reply.order_id;
-                self.advance_in(tx, Some(&msg.message_id), order_id, Input::Reply(reply))
-                    .await
-            }
-            ManagerMessage::DeadLettered(_) => Err(HandlerError::Transient(anyhow::anyhow!(
-                "a dead letter is handled alone"
-            ))),
-        }
-    }
-
     /// Starts a saga. A second PlaceOrder for the same order changes nothing.
     async fn place(&self, message_id: &str, place: PlaceOrder) -> Result<(), HandlerError> {
-        let _tx_span = telemetry::transaction("manager", &self.db, "saga", &Context::current());
+        let cx = Context::current();
+        let _tx_span = telemetry::transaction("manager", &self.db, "saga", &cx);
         let mut tx = self.db.begin().await?;
-        let outcome = self.place_in(&mut tx, message_id, place).await?;
+        let outcome = if inbox::first_delivery(&mut tx, message_id).await? {
+            self.start(&mut tx, place, &cx).await?
+        } else {
+            Outcome::Nothing
+        };
         self.commit_one(tx, outcome).await.map(|_| ())
     }
 
-    async fn place_in(
+    /// Starts the saga of `place` inside `tx`, in the trace of `cx` (its message's).
+    async fn start(
         &self,
         tx: &mut Tx,
-        message_id: &str,
         place: PlaceOrder,
+        cx: &Context,
     ) -> Result<Outcome, HandlerError> {
-        if !inbox::first_delivery(tx, message_id).await? {
-            return Ok(Outcome::Nothing);
-        }
         let mut t = Saga::start(
             place.order_id,
             place.terms,
@@ -171,8 +191,8 @@ impl Manager {
             now_ms(),
             &self.timing,
         );
-        begin_trace(&mut t, &Context::current());
-        let closed = annotate(&mut t, 0, &Context::current());
+        begin_trace(&mut t, cx);
+        let closed = annotate(&mut t, 0, cx);
         if !store::insert(tx, &t.saga)
             .await
             .map_err(HandlerError::Transient)?
@@ -180,8 +200,8 @@ impl Manager {
             tracing::warn!(order_id = %place.order_id, "saga exists already; PlaceOrder ignored");
             return Ok(Outcome::Nothing);
         }
-        self.publish_commands(tx, &t).await?;
         Ok(Outcome::Decided(Box::new(Decided {
+            commands: commands(&t)?,
             t,
             before: 0,
             closed,
@@ -224,9 +244,9 @@ impl Manager {
                 .await
                 .map_err(HandlerError::Transient)?
             {
-                self.publish_commands(&mut tx, &t).await?;
                 tracing::warn!(%order_id, "PlaceOrder dead-lettered before its saga started; order finished UNKNOWN");
                 let decided = Decided {
+                    commands: commands(&t)?,
                     t,
                     before: 0,
                     closed: Vec::new(),
@@ -270,8 +290,7 @@ impl Manager {
         )))
     }
 
-    /// Decides one input inside `tx`: loads the saga, applies the input, and writes the new
-    /// state and its commands (the event is written by the caller, with the batch's).
+    /// Records the message in the inbox, loads the saga and decides, inside `tx`.
     async fn advance_in(
         &self,
         tx: &mut Tx,
@@ -291,7 +310,19 @@ impl Manager {
             tracing::warn!(%order_id, ?input, "input for an unknown saga; ignored");
             return Ok(Outcome::Nothing);
         };
-        let _tx_span = transaction_span(&self.db, &saga);
+        self.decide(tx, &saga, input, &Context::current()).await
+    }
+
+    /// Feeds `input` to `saga` and writes the new state (compare-and-set on its version)
+    /// inside `tx`, in the trace of `cx` (the work at hand).
+    async fn decide(
+        &self,
+        tx: &mut Tx,
+        saga: &Saga,
+        input: Input,
+        cx: &Context,
+    ) -> Result<Outcome, HandlerError> {
+        let _tx_span = transaction_span(&self.db, saga, cx);
         let link = match &input {
             Input::Deadline(link) => Some(*link),
             _ => None,
@@ -299,20 +330,20 @@ impl Manager {
         let mut t = saga.apply(input, now_ms(), &self.timing);
         if t.ignored {
             return Ok(Outcome::Ignored {
-                saga: Box::new(saga),
+                saga: Box::new(saga.clone()),
                 link,
             });
         }
         let before = saga.timeline.len();
-        let closed = annotate(&mut t, before, &Context::current());
+        let closed = annotate(&mut t, before, cx);
         if !store::update(tx, &t.saga, saga.version)
             .await
             .map_err(HandlerError::Transient)?
         {
             return Ok(Outcome::Conflict);
         }
-        self.publish_commands(tx, &t).await?;
         Ok(Outcome::Decided(Box::new(Decided {
+            commands: commands(&t)?,
             t,
             before,
             closed,
@@ -334,8 +365,7 @@ impl Manager {
             }
             Outcome::Decided(d) => {
                 let decided = [*d];
-                self.publish_events(&mut tx, &decided, &Context::current())
-                    .await?;
+                self.write(&mut tx, &decided, &Context::current()).await?;
                 tx.commit().await?;
                 let [d] = decided;
                 self.committed(d);
@@ -344,25 +374,9 @@ impl Manager {
         Ok(true)
     }
 
-    /// Writes the transition's commands to the outbox, each in its step's span.
-    async fn publish_commands(&self, tx: &mut Tx, t: &Transition) -> Result<(), HandlerError> {
-        let id = Some(t.saga.order_id.to_string());
-        for cmd in &t.commands {
-            outbox::enqueue_in(
-                tx,
-                &command_context(&t.saga, cmd.step),
-                topology::EXCHANGE,
-                topology::step_key(cmd.step),
-                id.clone(),
-                cmd,
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the sagas' new states (for read models), all in one message, to the outbox.
-    async fn publish_events(
+    /// Writes the decided transitions' commands, and one message carrying all their sagas'
+    /// new states (for read models), to the outbox in one statement.
+    async fn write(
         &self,
         tx: &mut Tx,
         decided: &[Decided],
@@ -371,40 +385,12 @@ impl Manager {
         if decided.is_empty() {
             return Ok(());
         }
-        let events = decided
+        let mut out: Vec<Pending> = decided
             .iter()
-            .map(|d| {
-                let s = &d.t.saga;
-                Event::OrderUpdated(OrderUpdated {
-                    order_id: s.order_id,
-                    terms: s.terms.clone(),
-                    status: s.status(),
-                    phase: s.phase().to_string(),
-                    created: s.created,
-                    version: s.version,
-                    placed_at_ms: s.placed_at_ms,
-                    updated_at_ms: s.updated_at_ms,
-                    timeline: s.timeline.clone(),
-                    trace_id: s.trace.as_ref().map(|trace| trace.trace_id.clone()),
-                })
-            })
+            .flat_map(|d| d.commands.iter().cloned())
             .collect();
-        // The message travels in the first saga's trace: one message cannot be in several.
-        let cx = if telemetry::trace_id(cx).is_some() {
-            cx.clone()
-        } else {
-            work_context(&decided[0].t.saga)
-        };
-        let id = (decided.len() == 1).then(|| decided[0].t.saga.order_id.to_string());
-        outbox::enqueue_in(
-            tx,
-            &cx,
-            topology::EVENTS_EXCHANGE,
-            topology::RK_EVENTS,
-            id,
-            &Events { events },
-        )
-        .await?;
+        out.push(events_message(decided, cx)?);
+        outbox::enqueue_all(tx, &out).await?;
         Ok(())
     }
 
@@ -414,8 +400,9 @@ impl Manager {
         record_closed(d.closed);
         self.db.wake_outbox();
         let t = &d.t;
-        if let Some(at) = t.saga.deadline_ms() {
-            self.timers.schedule(at, t.saga.order_id);
+        match t.saga.deadline_ms() {
+            Some(at) => self.timers.schedule(at, t.saga.order_id),
+            None => self.timers.cancel(t.saga.order_id),
         }
         crate::metrics::record(&self.metrics, d.before, t);
         let finished = t.saga.status().is_final();
@@ -468,6 +455,57 @@ impl Manager {
     }
 }
 
+/// The transition's commands, each in its step's span.
+fn commands(t: &Transition) -> Result<Vec<Pending>, HandlerError> {
+    let id = Some(t.saga.order_id.to_string());
+    let commands = t
+        .commands
+        .iter()
+        .map(|cmd| {
+            outbox::message(
+                &command_context(&t.saga, cmd.step),
+                topology::EXCHANGE,
+                topology::step_key(cmd.step),
+                id.clone(),
+                cmd,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(commands)
+}
+
+/// The sagas' new states, for the read models, in one message: it travels in the trace of
+/// `cx` or else the first saga's, since one message cannot be in several.
+fn events_message(decided: &[Decided], cx: &Context) -> Result<Pending, HandlerError> {
+    let events = decided
+        .iter()
+        .map(|d| {
+            let s = &d.t.saga;
+            Event::OrderUpdated(OrderUpdated {
+                order_id: s.order_id,
+                terms: s.terms.clone(),
+                status: s.status(),
+                phase: s.phase().to_string(),
+                created: s.created,
+                version: s.version,
+                placed_at_ms: s.placed_at_ms,
+                updated_at_ms: s.updated_at_ms,
+                timeline: s.timeline.clone(),
+                trace_id: s.trace.as_ref().map(|trace| trace.trace_id.clone()),
+            })
+        })
+        .collect();
+    let cx = work_context(&decided[0].t.saga, cx);
+    let id = (decided.len() == 1).then(|| decided[0].t.saga.order_id.to_string());
+    Ok(outbox::message(
+        &cx,
+        topology::EVENTS_EXCHANGE,
+        topology::RK_EVENTS,
+        id,
+        &Events { events },
+    )?)
+}
+
 // ---- the order's trace -----------------------------------------------------------------
 //
 // One order is one trace. The saga has a span of its own, child of the manager's
@@ -514,10 +552,9 @@ fn saga_context(saga: &Saga) -> Context {
 
 /// The context of the work at hand: the message being handled, or, for a deadline (no
 /// message), the saga's span.
-fn work_context(saga: &Saga) -> Context {
-    let current = Context::current();
-    if telemetry::trace_id(&current).is_some() {
-        current
+fn work_context(saga: &Saga, cx: &Context) -> Context {
+    if telemetry::trace_id(cx).is_some() {
+        cx.clone()
     } else {
         saga_context(saga)
     }
@@ -530,13 +567,13 @@ fn command_context(saga: &Saga, step: common::messages::Step) -> Context {
             let trace = saga.trace.as_ref().expect("open implies a trace");
             telemetry::remote_context(&trace.trace_id, &open.span_id, trace.sampled)
         }
-        _ => work_context(saga),
+        _ => work_context(saga, &Context::current()),
     }
 }
 
 /// A span around the saga's transaction, in the order's trace even for a deadline.
-fn transaction_span(db: &Db, saga: &Saga) -> telemetry::Span {
-    telemetry::transaction("manager", db, "saga", &work_context(saga))
+fn transaction_span(db: &Db, saga: &Saga, cx: &Context) -> telemetry::Span {
+    telemetry::transaction("manager", db, "saga", &work_context(saga, cx))
 }
 
 /// Gives each timeline entry the transition added (from `old_len`) its span id: a `sent`

@@ -20,6 +20,32 @@ pub async fn load(tx: &mut Tx, order_id: OrderId) -> anyhow::Result<Option<Saga>
     }
 }
 
+/// Loads the sagas of `order_ids` inside `tx`, in one statement.
+pub async fn load_many(
+    tx: &mut Tx,
+    order_ids: &[OrderId],
+) -> anyhow::Result<std::collections::HashMap<OrderId, Saga>> {
+    if order_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let placeholders: Vec<String> = (1..=order_ids.len()).map(|i| format!("${i}")).collect();
+    let sql = format!(
+        "SELECT state FROM sagas WHERE order_id IN ({})",
+        placeholders.join(", ")
+    );
+    // Not kept prepared: one statement per batch size would crowd the statement cache.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for id in order_ids {
+        query = query.bind(id.to_string());
+    }
+    let mut sagas = std::collections::HashMap::new();
+    for row in query.fetch_all(&mut **tx).await? {
+        let saga: Saga = serde_json::from_str(&row.try_get::<String, _>("state")?)?;
+        sagas.insert(saga.order_id, saga);
+    }
+    Ok(sagas)
+}
+
 /// Inserts a new saga; false if one with this id exists already.
 pub async fn insert(tx: &mut Tx, saga: &Saga) -> anyhow::Result<bool> {
     let done = sqlx::query(

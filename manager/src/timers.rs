@@ -1,10 +1,16 @@
 //! Deadlines: an in-memory min-heap for precision, filled from the database at start and
 //! re-checked against it every second, so a restarted manager fires every deadline that
 //! passed while it was down, and a deadline another replica held is not lost.
+//!
+//! Every transition arms its saga's next deadline, and most sagas move on long before it:
+//! only the deadline a saga was last given here fires. The others are dropped when they
+//! come due, without a look at the database (which would cost a transaction per step of
+//! every order, for nothing). A deadline this process does not know of, or forgot, is
+//! found by the backstop scan.
 
 use std::{
     cmp::Reverse,
-    collections::BinaryHeap,
+    collections::{BinaryHeap, HashMap},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -17,31 +23,53 @@ type Heap = BinaryHeap<Reverse<(i64, OrderId)>>;
 
 #[derive(Clone, Default)]
 pub struct Timers {
-    heap: Arc<Mutex<Heap>>,
+    armed: Arc<Mutex<Armed>>,
     changed: Arc<Notify>,
+}
+
+/// The heap, and the deadline each saga was last given: a heap entry that is not its
+/// saga's current deadline is stale.
+#[derive(Default)]
+struct Armed {
+    heap: Heap,
+    current: HashMap<OrderId, i64>,
 }
 
 const BACKSTOP: Duration = Duration::from_secs(1);
 
 impl Timers {
+    /// Arms `order_id`'s deadline at `at_ms`, replacing the one it had.
     pub fn schedule(&self, at_ms: i64, order_id: OrderId) {
-        self.heap
-            .lock()
-            .expect("timer heap poisoned")
-            .push(Reverse((at_ms, order_id)));
+        let mut armed = self.armed.lock().expect("timer heap poisoned");
+        armed.heap.push(Reverse((at_ms, order_id)));
+        armed.current.insert(order_id, at_ms);
+        drop(armed);
         self.changed.notify_one();
     }
 
-    /// Removes and returns every timer due at `now_ms`.
+    /// Disarms `order_id`: its saga awaits nothing any more.
+    pub fn cancel(&self, order_id: OrderId) {
+        self.armed
+            .lock()
+            .expect("timer heap poisoned")
+            .current
+            .remove(&order_id);
+    }
+
+    /// Removes every timer due at `now_ms` and returns the sagas whose current deadline
+    /// it was, and when the next timer is due.
     fn take_due(&self, now_ms: i64) -> (Vec<OrderId>, Option<i64>) {
-        let mut heap = self.heap.lock().expect("timer heap poisoned");
+        let mut armed = self.armed.lock().expect("timer heap poisoned");
         let mut due = Vec::new();
-        while let Some(Reverse((at, id))) = heap.peek().copied() {
+        while let Some(Reverse((at, id))) = armed.heap.peek().copied() {
             if at > now_ms {
                 return (due, Some(at));
             }
-            heap.pop();
-            due.push(id);
+            armed.heap.pop();
+            if armed.current.get(&id) == Some(&at) {
+                armed.current.remove(&id);
+                due.push(id);
+            }
         }
         (due, None)
     }
@@ -86,5 +114,26 @@ mod tests {
         assert_eq!(next, Some(30));
         assert_eq!(t.take_due(29).0, vec![]);
         assert_eq!(t.take_due(30).0, vec![c]);
+    }
+
+    #[test]
+    fn only_the_deadline_a_saga_was_last_given_fires() {
+        let t = Timers::default();
+        let (moved, finished, again) = (OrderId::new(), OrderId::new(), OrderId::new());
+        t.schedule(10, moved);
+        t.schedule(40, moved);
+        t.schedule(20, finished);
+        t.cancel(finished);
+        t.schedule(30, again);
+        t.schedule(30, again);
+        let (due, next) = t.take_due(35);
+        assert_eq!(
+            due,
+            vec![again],
+            "stale and cancelled deadlines are dropped"
+        );
+        assert_eq!(next, Some(40));
+        assert_eq!(t.take_due(40).0, vec![moved]);
+        assert_eq!(t.take_due(100).0, vec![], "a fired deadline fires once");
     }
 }

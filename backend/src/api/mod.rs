@@ -13,6 +13,7 @@ pub mod accounts;
 pub mod analytics;
 pub mod backlog;
 pub mod orders;
+mod placing;
 pub mod purchase;
 
 pub use common::http_error::{ApiError, ErrorBody, MAX_BODY_BYTES};
@@ -25,6 +26,8 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
     pub backlog: std::sync::Arc<backlog::Backlog>,
+    /// Writes accepted purchases in groups (one transaction for those arriving together).
+    placing: placing::Placing,
 }
 
 /// The API, `/docs` and `/api-docs/openapi.json` over `db`. Needs no broker: a purchase
@@ -44,10 +47,12 @@ pub fn router_with_docs(
     for extra in extra_docs {
         doc.merge(extra);
     }
+    let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
+        placing: placing::Placing::start(db.clone(), backlog.clone()),
         db,
         fault_injection: config.fault_injection,
-        backlog: std::sync::Arc::new(backlog::Backlog::new(config.max_backlog)),
+        backlog,
     };
     Router::new()
         .route("/api/purchase", post(purchase::purchase))

@@ -15,6 +15,7 @@ use common::{
     domain::{Credits, InvalidValue, OrderId, OrderStatus, OrderTerms, Quantity, Username},
     messages::{Faults, ManagerMessage, PlaceOrder},
     outbox,
+    telemetry::{self, Context},
     time::now_ms,
     topology,
 };
@@ -23,7 +24,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{ApiError, AppState};
-use crate::store::{self, idempotency::Recorded};
+use crate::store::{self, idempotency::Recorded, orders::Placed};
 
 /// The request header that makes a purchase idempotent.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -338,37 +339,46 @@ pub async fn purchase(
         }
         return Err(overloaded);
     }
-    let mut tx = app.db.begin().await?;
-    if let Some(key) = &key {
-        let record = Recorded {
-            fingerprint: fingerprint(&purchase),
-            order_id,
-            response_status: StatusCode::ACCEPTED.as_u16(),
-            response_body: answer.clone(),
-        };
-        // First in the transaction: a concurrent request with the same key waits here
-        // (PostgreSQL) until this one commits or rolls back, before writing anything.
-        if !store::idempotency::claim(&mut tx, key.as_str(), &record, placed_at_ms).await? {
-            tx.rollback().await?;
-            return replay(&app, key, &record.fingerprint).await;
-        }
-    }
-    let Purchase { terms, faults } = purchase;
-    store::orders::insert_placed(&mut tx, order_id, &terms, placed_at_ms).await?;
-    let message = ManagerMessage::PlaceOrder(PlaceOrder {
-        order_id,
-        terms,
-        faults,
-        placed_at_ms,
-    });
-    outbox::enqueue(
-        &mut tx,
+    let Purchase { terms, faults } = purchase.clone();
+    let message = outbox::message(
+        &Context::current(),
         topology::EXCHANGE,
         topology::RK_PLACE_ORDER,
         Some(order_id.to_string()),
-        &message,
-    )
-    .await?;
+        &ManagerMessage::PlaceOrder(PlaceOrder {
+            order_id,
+            terms: terms.clone(),
+            faults,
+            placed_at_ms,
+        }),
+    )?;
+    let placed = Placed {
+        id: order_id,
+        terms,
+        placed_at_ms,
+        trace_id: telemetry::trace_id(&Context::current()),
+    };
+    let Some(key) = &key else {
+        app.placing.place(placed, message).await?;
+        tracing::debug!(%order_id, "order accepted");
+        return Ok(answer_with(StatusCode::ACCEPTED, order_id, answer, false));
+    };
+    // With a key: the key, the order and its message in a transaction of their own.
+    let mut tx = app.db.begin().await?;
+    let record = Recorded {
+        fingerprint: fingerprint(&purchase),
+        order_id,
+        response_status: StatusCode::ACCEPTED.as_u16(),
+        response_body: answer.clone(),
+    };
+    // First in the transaction: a concurrent request with the same key waits here
+    // (PostgreSQL) until this one commits or rolls back, before writing anything.
+    if !store::idempotency::claim(&mut tx, key.as_str(), &record, placed_at_ms).await? {
+        tx.rollback().await?;
+        return replay(&app, key, &record.fingerprint).await;
+    }
+    store::orders::insert_placed_many(&mut tx, std::slice::from_ref(&placed)).await?;
+    outbox::enqueue_pending(&mut tx, &message).await?;
     tx.commit().await?;
     app.db.wake_outbox();
     app.backlog.accepted();

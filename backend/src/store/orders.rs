@@ -4,7 +4,6 @@ use common::{
     db::{Db, Tx},
     domain::{OrderId, OrderStatus, OrderTerms},
     messages::{OrderUpdated, TimelineEntry},
-    telemetry::{self, Context},
 };
 use sqlx::{Row, any::AnyRow};
 
@@ -36,28 +35,56 @@ pub struct Filter {
 const SUMMARY_COLUMNS: &str =
     "order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms";
 
-/// Writes the order a buyer just placed, before its saga starts, so that it can be read
-/// back at once (as PROCESSING) and is never missing from the read model. The order's
-/// trace is the current one (the POST's), whose id is kept with the row.
-pub async fn insert_placed(
-    tx: &mut Tx,
-    id: OrderId,
-    terms: &OrderTerms,
-    placed_at_ms: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-         placed_at_ms, updated_at_ms, timeline, trace_id) VALUES ($1, $2, $3, $4, $5, 'running', 0, 0, $6, $6, '[]', $7)",
-    )
-    .bind(id.to_string())
-    .bind(terms.username.as_str().to_string())
-    .bind(terms.price.get())
-    .bind(terms.amount.get())
-    .bind(OrderStatus::Processing.as_str())
-    .bind(placed_at_ms)
-    .bind(telemetry::trace_id(&Context::current()))
-    .execute(&mut **tx)
-    .await?;
+/// An order a buyer just placed, written before its saga starts so that it can be read
+/// back at once (as PROCESSING) and is never missing from the read model. Its trace (the
+/// POST's) is kept with the row.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub id: OrderId,
+    pub terms: OrderTerms,
+    pub placed_at_ms: i64,
+    pub trace_id: Option<String>,
+}
+
+/// [`insert_placed`] for many orders, in one statement.
+pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sqlx::Error> {
+    const ROWS: usize = 256;
+    for chunk in orders.chunks(ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 2 + i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${})",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
+             placed_at_ms, updated_at_ms, timeline, trace_id) VALUES {}",
+            rows.join(", ")
+        );
+        // Not kept prepared: one statement per batch size would crowd the statement cache.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(OrderStatus::Processing.as_str());
+        for o in chunk {
+            query = query
+                .bind(o.id.to_string())
+                .bind(o.terms.username.as_str().to_string())
+                .bind(o.terms.price.get())
+                .bind(o.terms.amount.get())
+                .bind(o.placed_at_ms)
+                .bind(o.trace_id.clone());
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
