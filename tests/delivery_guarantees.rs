@@ -164,6 +164,77 @@ async fn the_relay_publishes_what_was_committed_while_the_broker_was_away() {
     relay.await.unwrap();
 }
 
+/// Commits `n` messages and hands them to the relay, as handlers do; returns their ids.
+async fn commit_and_hand_over(db: &Db, n: usize) -> Vec<String> {
+    let messages: Vec<outbox::Pending> = (0..n)
+        .map(|i| {
+            outbox::message(
+                &common::telemetry::Context::new(),
+                topology::EXCHANGE,
+                topology::step_key(common::messages::Step::ChargePayment),
+                None,
+                &json!({"handed": i}),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut tx = db.begin().await.unwrap();
+    outbox::enqueue_all(&mut tx, &messages).await.unwrap();
+    tx.commit().await.unwrap();
+    let ids = messages.iter().map(|m| m.id.clone()).collect();
+    db.hand_to_relay(messages);
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_handed_over_are_published_once_and_rows_not_handed_over_are_found_by_the_scan() {
+    let vhost = Vhost::create();
+    let rig = Rig::start(&vhost).await;
+    let db = &rig.db;
+    rig.broker
+        .connection(&rig.shutdown)
+        .await
+        .expect("connected");
+    let relay = rig.relay();
+
+    // Handed over: published at once and deleted once confirmed.
+    let handed = commit_and_hand_over(db, 30).await;
+    wait_for(
+        || async { outbox::backlog(db).await.unwrap() == 0 },
+        "the handed rows confirmed and deleted",
+    )
+    .await;
+    assert_eq!(take(&vhost, topology::PAYMENT_QUEUE, 30).await, handed);
+
+    // Committed with nobody telling the relay (a crash between commit and handoff): the
+    // backstop scan publishes it within a few seconds.
+    let mut tx = db.begin().await.unwrap();
+    let stray = outbox::enqueue(
+        &mut tx,
+        topology::EXCHANGE,
+        topology::step_key(common::messages::Step::ChargePayment),
+        None,
+        &json!({"stray": true}),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(take(&vhost, topology::PAYMENT_QUEUE, 1).await, vec![stray]);
+    wait_for(
+        || async { outbox::backlog(db).await.unwrap() == 0 },
+        "the stray row deleted",
+    )
+    .await;
+    assert_eq!(
+        depth(&vhost, topology::PAYMENT_QUEUE, true).await,
+        0,
+        "each once"
+    );
+
+    rig.shutdown.cancel();
+    relay.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_repeated_after_a_crash_is_applied_once_through_the_inbox() {
     let vhost = Vhost::create();

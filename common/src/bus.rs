@@ -493,14 +493,25 @@ impl Publisher {
     /// Publishes every message (pipelined) and returns the ids the broker confirmed and
     /// routed. Mandatory publishing: a message no queue would take is not confirmed.
     pub async fn publish_all(&mut self, batch: &[Pending]) -> anyhow::Result<Vec<String>> {
-        let result = self.try_publish_all(batch).await;
+        let sent = self.send_all(batch).await?;
+        let confirmed = sent.confirmed().await;
+        if confirmed.is_err() {
+            self.channel = None;
+        }
+        confirmed
+    }
+
+    /// Publishes every message without waiting for the broker's confirms: they are awaited
+    /// with [`Sent::confirmed`], while the next messages are published.
+    pub async fn send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
+        let result = self.try_send_all(batch).await;
         if result.is_err() {
             self.channel = None;
         }
         result
     }
 
-    async fn try_publish_all(&mut self, batch: &[Pending]) -> anyhow::Result<Vec<String>> {
+    async fn try_send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
         let service = self.broker.service.clone();
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(batch.len());
@@ -535,19 +546,54 @@ impl Publisher {
                     props,
                 )
                 .await?;
-            confirms.push((m, confirm, span));
+            confirms.push(Sending {
+                id: m.id.clone(),
+                routing_key: m.routing_key.clone(),
+                confirm,
+                span,
+            });
         }
-        let mut confirmed = Vec::with_capacity(batch.len());
-        for (m, confirm, span) in confirms {
+        Ok(Sent { confirms })
+    }
+}
+
+/// Messages published and not yet confirmed.
+pub struct Sent {
+    confirms: Vec<Sending>,
+}
+
+struct Sending {
+    id: String,
+    routing_key: String,
+    confirm: lapin::PublisherConfirm,
+    span: Span,
+}
+
+impl Sent {
+    /// The ids of every message published.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.confirms.iter().map(|s| s.id.as_str())
+    }
+
+    /// Waits for the broker's confirms and returns the ids it confirmed and routed.
+    pub async fn confirmed(self) -> anyhow::Result<Vec<String>> {
+        let mut confirmed = Vec::with_capacity(self.confirms.len());
+        for Sending {
+            id,
+            routing_key,
+            confirm,
+            span,
+        } in self.confirms
+        {
             match confirm.await? {
-                Confirmation::Ack(None) => confirmed.push(m.id.clone()),
+                Confirmation::Ack(None) => confirmed.push(id),
                 Confirmation::Ack(Some(_returned)) => {
                     span.set_error("unroutable");
-                    tracing::error!(routing_key = %m.routing_key, id = %m.id, "message was unroutable; kept in the outbox")
+                    tracing::error!(%routing_key, %id, "message was unroutable; kept in the outbox")
                 }
                 Confirmation::Nack(_) => {
                     span.set_error("refused by the broker");
-                    tracing::warn!(id = %m.id, "broker refused the message; kept in the outbox")
+                    tracing::warn!(%id, "broker refused the message; kept in the outbox")
                 }
                 Confirmation::NotRequested => {
                     anyhow::bail!("publisher confirms are off on this channel")

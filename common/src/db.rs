@@ -6,13 +6,18 @@
 //! transactions queue in-process instead of failing with SQLITE_BUSY; PostgreSQL gets one
 //! schema per service (`search_path`), so one database can hold them all.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use sqlx::{Any, AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
-use crate::{backoff::Backoff, config::Config, config::redact, shutdown::Shutdown};
+use crate::{
+    backoff::Backoff, config::Config, config::redact, outbox::Pending, shutdown::Shutdown,
+};
 
 pub type Tx = sqlx::Transaction<'static, Any>;
 
@@ -29,9 +34,33 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
-    /// Rung after a commit that wrote to the outbox, so the relay publishes at once.
+    /// Rung after a commit that wrote to the outbox, so the relay looks at once.
     outbox_wake: Arc<Notify>,
+    /// Rows just committed to the outbox, handed to the relay so that it publishes them
+    /// without reading them back (see [`Db::hand_to_relay`]).
+    handoff: Arc<Handoff>,
 }
+
+/// A bounded queue from the committing handlers to the relay. When it is full (the relay
+/// is behind, or the broker away) rows are not handed: they wait in the outbox, where the
+/// relay's scan finds them.
+struct Handoff {
+    tx: mpsc::Sender<Vec<Pending>>,
+    rx: Mutex<Option<mpsc::Receiver<Vec<Pending>>>>,
+}
+
+impl Handoff {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(HANDOFF_BATCHES);
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// Batches of committed rows the relay may be behind by before the rest wait for its scan.
+const HANDOFF_BATCHES: usize = 1024;
 
 impl Db {
     /// Opens (creating if needed) the database of `service` and runs the shared and the
@@ -122,6 +151,7 @@ impl Db {
             pool,
             backend,
             outbox_wake: Arc::new(Notify::new()),
+            handoff: Arc::new(Handoff::new()),
         })
     }
 
@@ -145,6 +175,26 @@ impl Db {
     /// Tells the outbox relay that a committed transaction left messages to publish.
     pub fn wake_outbox(&self) {
         self.outbox_wake.notify_one();
+    }
+
+    /// Hands rows a transaction just committed to the outbox to the relay, which publishes
+    /// them at once. Only after the commit: the relay may publish them immediately.
+    pub fn hand_to_relay(&self, rows: Vec<Pending>) {
+        if rows.is_empty() {
+            return;
+        }
+        if self.handoff.tx.try_send(rows).is_err() {
+            self.wake_outbox();
+        }
+    }
+
+    /// The relay's end of [`Db::hand_to_relay`]; None once taken (one relay per service).
+    pub(crate) fn take_handoff(&self) -> Option<mpsc::Receiver<Vec<Pending>>> {
+        self.handoff
+            .rx
+            .lock()
+            .expect("handoff lock poisoned")
+            .take()
     }
 
     pub(crate) fn outbox_wake(&self) -> Arc<Notify> {

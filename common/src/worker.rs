@@ -80,7 +80,7 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
         out.extend(events_message(events, &batch[0].cx)?);
         outbox::enqueue_all(&mut tx, &out).await?;
         tx.commit().await?;
-        self.db.wake_outbox();
+        self.db.hand_to_relay(out);
         Ok(())
     }
 

@@ -131,8 +131,9 @@ impl BatchHandler for Manager {
                 }
             }
         }
-        self.write(&mut tx, &decided, &batch[0].cx).await?;
+        let written = self.write(&mut tx, &decided, &batch[0].cx).await?;
         tx.commit().await?;
+        self.db.hand_to_relay(written);
         for d in decided {
             self.committed(d);
         }
@@ -365,8 +366,9 @@ impl Manager {
             }
             Outcome::Decided(d) => {
                 let decided = [*d];
-                self.write(&mut tx, &decided, &Context::current()).await?;
+                let written = self.write(&mut tx, &decided, &Context::current()).await?;
                 tx.commit().await?;
+                self.db.hand_to_relay(written);
                 let [d] = decided;
                 self.committed(d);
             }
@@ -375,15 +377,16 @@ impl Manager {
     }
 
     /// Writes the decided transitions' commands, and one message carrying all their sagas'
-    /// new states (for read models), to the outbox in one statement.
+    /// new states (for read models), to the outbox in one statement; returns what it wrote,
+    /// for the relay once committed.
     async fn write(
         &self,
         tx: &mut Tx,
         decided: &[Decided],
         cx: &Context,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Vec<Pending>, HandlerError> {
         if decided.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut out: Vec<Pending> = decided
             .iter()
@@ -391,14 +394,13 @@ impl Manager {
             .collect();
         out.push(events_message(decided, cx)?);
         outbox::enqueue_all(tx, &out).await?;
-        Ok(())
+        Ok(out)
     }
 
-    /// What follows a committed transition: the relay is woken, the next deadline armed,
-    /// the spans it closed recorded, the metrics counted and the room adjusted.
+    /// What follows a committed transition: the next deadline armed, the spans it closed
+    /// recorded, the metrics counted and the room adjusted.
     fn committed(&self, d: Decided) {
         record_closed(d.closed);
-        self.db.wake_outbox();
         let t = &d.t;
         match t.saga.deadline_ms() {
             Some(at) => self.timers.schedule(at, t.saga.order_id),

@@ -81,7 +81,7 @@ async fn write_groups(db: Db, backlog: Arc<Backlog>, mut rx: mpsc::Receiver<Job>
         let result = write(&db, &group).await;
         let answer = match result {
             Ok(()) => {
-                db.wake_outbox();
+                db.hand_to_relay(group.iter().map(|j| j.message.clone()).collect());
                 for _ in &group {
                     backlog.accepted();
                 }

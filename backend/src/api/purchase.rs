@@ -380,7 +380,7 @@ pub async fn purchase(
     store::orders::insert_placed_many(&mut tx, std::slice::from_ref(&placed)).await?;
     outbox::enqueue_pending(&mut tx, &message).await?;
     tx.commit().await?;
-    app.db.wake_outbox();
+    app.db.hand_to_relay(vec![message]);
     app.backlog.accepted();
     tracing::debug!(%order_id, "order accepted");
     Ok(answer_with(StatusCode::ACCEPTED, order_id, answer, false))
