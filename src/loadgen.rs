@@ -124,15 +124,7 @@ pub enum Kind {
 }
 
 /// The fault flags the purchase API knows.
-pub const FAULT_FLAGS: [&str; 7] = [
-    "kill_create",
-    "kill_payment",
-    "timeout_payment",
-    "kill_inventory",
-    "timeout_inventory",
-    "kill_deliver",
-    "timeout_deliver",
-];
+pub use backend::api::purchase::FAULT_FLAGS;
 
 impl Kind {
     pub fn name(self) -> &'static str {

@@ -845,27 +845,11 @@ async fn consume_on<H: Handler>(
     shutdown: &Shutdown,
     counters: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let tag = format!("{queue}-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            tag.clone().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("consuming {queue}"))?;
+    let (channel, tag, mut consumer) = subscribe(conn, queue, prefetch).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                // Stop new deliveries; those in flight finish and ack on this channel. Bounded:
-                // a broker that stopped answering must not hold the shutdown.
-                let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
-                let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
+                unsubscribe(&channel, tag).await;
                 return Ok(());
             }
             next = consumer.next() => match next {
@@ -879,6 +863,37 @@ async fn consume_on<H: Handler>(
             }
         }
     }
+}
+
+/// A consumer of `queue` on a channel of its own, with `prefetch` deliveries in flight at
+/// most; returns the channel and the consumer's tag too, to cancel it.
+async fn subscribe(
+    conn: &Connection,
+    queue: &'static str,
+    prefetch: u16,
+) -> anyhow::Result<(Channel, String, lapin::Consumer)> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{queue}-{}", uuid::Uuid::new_v4());
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            tag.clone().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("consuming {queue}"))?;
+    Ok((channel, tag, consumer))
+}
+
+/// Stops new deliveries; those in flight finish and ack on this channel. Bounded: a broker
+/// that stopped answering must not hold the shutdown.
+async fn unsubscribe(channel: &Channel, tag: String) {
+    let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
+    let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
 }
 
 async fn process<H: Handler>(

@@ -18,16 +18,13 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use futures::{FutureExt, StreamExt};
-use lapin::{
-    Acker, Connection,
-    options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
-};
+use lapin::{Acker, Connection, options::BasicAckOptions};
 use tokio_util::task::TaskTracker;
 
-use super::{Broker, Handler, HandlerError, Incoming, process_alone, process_span};
+use super::{
+    Broker, Handler, HandlerError, Incoming, process_alone, process_span, subscribe, unsubscribe,
+};
 use crate::{metrics::ConsumerMetrics, room::Room, shutdown::Shutdown, telemetry, topology};
 
 /// Handles several messages as one unit of work, typically one database transaction.
@@ -122,33 +119,20 @@ struct Batches<'a, H> {
 impl<H: BatchHandler> Batches<'_, H> {
     async fn run(self, conn: &Connection) -> anyhow::Result<()> {
         let queue = self.queue;
-        let channel = conn.create_channel().await?;
-        channel
-            .basic_qos(self.options.prefetch, BasicQosOptions::default())
-            .await?;
-        let tag = format!("{queue}-{}", uuid::Uuid::new_v4());
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.clone().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| format!("consuming {queue}"))?;
+        let (channel, tag, mut consumer) = subscribe(conn, queue, self.options.prefetch).await?;
         // Messages handled apart and not yet acked: while there are any, a multiple-ack
         // would acknowledge them too, so batches are then acked one by one.
         let apart = Arc::new(AtomicUsize::new(0));
         loop {
             let room = match &self.options.room {
                 Some(room) => tokio::select! {
-                    _ = self.shutdown.cancelled() => return self.stop(&channel, tag).await,
+                    _ = self.shutdown.cancelled() => break,
                     free = room.free() => free,
                 },
                 None => usize::MAX,
             };
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => return self.stop(&channel, tag).await,
+                _ = self.shutdown.cancelled() => break,
                 next = consumer.next() => next,
             };
             let mut deliveries = vec![first];
@@ -169,13 +153,7 @@ impl<H: BatchHandler> Batches<'_, H> {
             }
             self.handle(batch, &apart).await;
         }
-    }
-
-    /// Stops new deliveries; those in flight finish and ack on this channel. Bounded: a
-    /// broker that stopped answering must not hold the shutdown.
-    async fn stop(&self, channel: &lapin::Channel, tag: String) -> anyhow::Result<()> {
-        let cancel = channel.basic_cancel(tag.into(), BasicCancelOptions::default());
-        let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
+        unsubscribe(&channel, tag).await;
         Ok(())
     }
 
