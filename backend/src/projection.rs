@@ -8,13 +8,11 @@
 //! update arrives in two messages. Events come alone or several to a message
 //! ([`Events`]); the deliveries waiting on the queue are applied in one transaction.
 
-use std::collections::HashMap;
-
 use common::{
     bus::{BatchHandler, HandlerError, Incoming},
     db::{Db, Tx},
     inbox,
-    messages::{Event, Events},
+    messages::{Event, Events, newest_only},
     telemetry::{self, Context},
     topology,
 };
@@ -81,38 +79,14 @@ impl BatchHandler for Projection {
             .iter()
             .zip(decoded)
             .filter(|(msg, _)| first.remove(&msg.message_id))
-            .flat_map(|(_, events)| events);
+            .flat_map(|(_, events)| events)
+            .collect();
+        // Applying the others would be overwritten in the same transaction (an order's
+        // final update is its newest).
         for event in newest_only(fresh) {
             apply_event(&mut tx, &event).await?;
         }
         tx.commit().await?;
         Ok(())
     }
-}
-
-/// Of several updates of one order, balance or stock, only the newest: applying the
-/// others would be overwritten in the same transaction (the read models keep the highest
-/// version, and an order's final update is its newest).
-fn newest_only(events: impl Iterator<Item = Event>) -> Vec<Event> {
-    let mut newest: HashMap<String, (i64, Event)> = HashMap::new();
-    let mut order = Vec::new();
-    for event in events {
-        let (key, version) = match &event {
-            Event::OrderUpdated(u) => (format!("order/{}", u.order_id), u.version),
-            Event::CreditsChanged(c) => (format!("credits/{}", c.username.as_str()), c.version),
-            Event::StockChanged(s) => (format!("stock/{}", s.product), s.version),
-        };
-        match newest.get_mut(&key) {
-            Some((v, kept)) if *v < version => (*v, *kept) = (version, event),
-            Some(_) => {}
-            None => {
-                order.push(key.clone());
-                newest.insert(key, (version, event));
-            }
-        }
-    }
-    order
-        .into_iter()
-        .filter_map(|key| newest.remove(&key).map(|(_, e)| e))
-        .collect()
 }

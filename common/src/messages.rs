@@ -288,6 +288,37 @@ pub enum Event {
     StockChanged(StockChanged),
 }
 
+impl Event {
+    /// What the event describes (an order, a balance, a stock) and how new it is: of two
+    /// events about one subject, the one with the higher version supersedes the other.
+    fn subject(&self) -> (String, i64) {
+        match self {
+            Event::OrderUpdated(u) => (format!("order/{}", u.order_id), u.version),
+            Event::CreditsChanged(c) => (format!("credits/{}", c.username.as_str()), c.version),
+            Event::StockChanged(s) => (format!("stock/{}", s.product), s.version),
+        }
+    }
+}
+
+/// Of several events about one subject, only the newest (the first of equals), the others
+/// in their order: readers keep the highest version, so the rest would change nothing.
+pub fn newest_only(events: Vec<Event>) -> Vec<Event> {
+    let mut newest: std::collections::HashMap<String, (i64, usize)> = Default::default();
+    for (i, event) in events.iter().enumerate() {
+        let (subject, version) = event.subject();
+        let kept = newest.entry(subject).or_insert((version, i));
+        if version > kept.0 {
+            *kept = (version, i);
+        }
+    }
+    let keep: std::collections::HashSet<usize> = newest.values().map(|&(_, i)| i).collect();
+    events
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, e)| keep.contains(&i).then_some(e))
+        .collect()
+}
+
 /// Several events in one message: a batch of transitions publishes its events together,
 /// so the readers take one delivery for many. Each event keeps its own version, so the
 /// readers need no order between or within batches.

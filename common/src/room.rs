@@ -32,10 +32,6 @@ impl Room {
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit as usize
-    }
-
     /// Slots in use, as far as this room knows.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::SeqCst).max(0) as usize

@@ -7,7 +7,10 @@ use crate::{
     bus::{self, BatchHandler, BatchOptions, Broker, HandlerError, Incoming},
     db::{Db, Tx},
     inbox,
-    messages::{Event, Events, Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker},
+    messages::{
+        Event, Events, Fault, ManagerMessage, StepCommand, StepReply, StepResult, Worker,
+        newest_only,
+    },
     outbox,
     outbox::Pending,
     shutdown::Shutdown,
@@ -141,8 +144,8 @@ fn reply(cx: &Context, cmd: &StepCommand, result: StepResult) -> Result<Pending,
 }
 
 /// The events of a batch as one message for the outbox, if there are any. Of several
-/// updates of one balance or one stock only the newest is kept: readers keep the highest
-/// version anyway. The message travels in the trace of `cx` (the batch's first message).
+/// updates of one balance or one stock only the newest is kept ([`newest_only`]). The
+/// message travels in the trace of `cx` (the batch's first message).
 pub fn events_message(events: Vec<Event>, cx: &Context) -> Result<Option<Pending>, sqlx::Error> {
     let events = newest_only(events);
     if events.is_empty() {
@@ -156,33 +159,6 @@ pub fn events_message(events: Vec<Event>, cx: &Context) -> Result<Option<Pending
         &Events { events },
     )
     .map(Some)
-}
-
-/// Drops every balance or stock event that a later one of the same key supersedes, keeping
-/// the order of the rest.
-fn newest_only(events: Vec<Event>) -> Vec<Event> {
-    use std::collections::HashMap;
-    let key = |e: &Event| match e {
-        Event::CreditsChanged(c) => Some(format!("credits/{}", c.username.as_str())),
-        Event::StockChanged(s) => Some(format!("stock/{}", s.product)),
-        Event::OrderUpdated(_) => None,
-    };
-    let version = |e: &Event| match e {
-        Event::CreditsChanged(c) => c.version,
-        Event::StockChanged(s) => s.version,
-        Event::OrderUpdated(u) => u.version,
-    };
-    let mut newest: HashMap<String, i64> = HashMap::new();
-    for e in &events {
-        if let Some(k) = key(e) {
-            let v = newest.entry(k).or_insert(i64::MIN);
-            *v = (*v).max(version(e));
-        }
-    }
-    events
-        .into_iter()
-        .filter(|e| key(e).is_none_or(|k| newest.get(&k) == Some(&version(e))))
-        .collect()
 }
 
 /// The service name of a worker, as in logs, traces and the `marketplace` targets.
