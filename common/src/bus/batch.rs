@@ -70,7 +70,12 @@ pub async fn consume_batches<H: BatchHandler>(
 ) {
     let tracker = TaskTracker::new();
     let counters = broker.metrics.consumer(queue);
-    let alone = Arc::new(Alone(handler.clone()));
+    // The single-message path: messages handled apart, and a failed batch's one by one.
+    let alone = Arc::new(super::Traced {
+        inner: Arc::new(Alone(handler.clone())),
+        service: broker.service.clone(),
+        queue,
+    });
     while let Some(conn) = broker.connection(&shutdown).await {
         let on = Batches {
             broker: &broker,
@@ -110,7 +115,7 @@ struct Batches<'a, H> {
     queue: &'static str,
     options: &'a BatchOptions,
     handler: &'a Arc<H>,
-    alone: &'a Arc<Alone<H>>,
+    alone: &'a Arc<super::Traced<Alone<H>>>,
     tracker: &'a TaskTracker,
     shutdown: &'a Shutdown,
     counters: &'a ConsumerMetrics,
@@ -172,14 +177,8 @@ impl<H: BatchHandler> Batches<'_, H> {
                 apart.fetch_add(1, Ordering::SeqCst);
                 let (apart, alone) = (apart.clone(), self.alone.clone());
                 let (shutdown, counters) = (self.shutdown.clone(), self.counters.clone());
-                let service = self.broker.service.clone();
                 self.tracker.spawn(async move {
-                    let traced = Arc::new(super::Traced {
-                        inner: alone,
-                        service,
-                        queue,
-                    });
-                    process_alone(msg, acker, traced, queue, shutdown, counters).await;
+                    process_alone(msg, acker, alone, queue, shutdown, counters).await;
                     apart.fetch_sub(1, Ordering::SeqCst);
                 });
                 continue;
@@ -231,16 +230,11 @@ impl<H: BatchHandler> Batches<'_, H> {
     /// its own span, so the line that says so carries its trace).
     async fn one_by_one(&self, msgs: Vec<Incoming>, ackers: Vec<Acker>) {
         let queue = self.queue;
-        let traced = Arc::new(super::Traced {
-            inner: self.alone.clone(),
-            service: self.broker.service.clone(),
-            queue,
-        });
         for (msg, acker) in msgs.into_iter().zip(ackers) {
             process_alone(
                 msg,
                 acker,
-                traced.clone(),
+                self.alone.clone(),
                 queue,
                 self.shutdown.clone(),
                 self.counters.clone(),
