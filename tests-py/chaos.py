@@ -479,11 +479,22 @@ def orders_by_id(m: Marketplace) -> dict[str, dict]:
     return {o["id"]: o for o in m.list_orders(limit=200)}
 
 
-def quiesce(m: Marketplace, accepted: list[str], timeout: float = 90.0) -> dict[str, dict]:
+# A step stalled by a `timeout_<step>` fault (FAULT_STALL_MS, 2 x STEP_TIMEOUT_MS = 2 s by
+# default) keeps running after its saga ended TIMEOUT, and writes its late reply to its outbox
+# when it wakes. The broker's queue depths cannot show that stalled delivery: RabbitMQ
+# refreshes a quorum queue's counters only every few seconds. So quiescence must hold for
+# longer than a stall before the audit looks at the outboxes.
+STALL_S = 2.0
+
+
+def quiesce(
+    m: Marketplace, accepted: list[str], timeout: float = 90.0, stable_s: float = STALL_S + 1.0
+) -> dict[str, dict]:
     """Waits until every accepted order and every order the API lists is final (phase done),
-    and, once the audit is served, until it sees nothing in flight and no outbox backlog.
-    Returns the orders by id."""
+    and, once the audit is served, until it sees nothing in flight and no outbox backlog,
+    without interruption for `stable_s`. Returns the orders by id."""
     deadline = time.monotonic() + timeout
+    quiet_since = None
     while True:
         orders = orders_by_id(m)
         pending = [i for i in accepted if orders.get(i, {}).get("status") not in FINAL_STATUSES]
@@ -502,7 +513,11 @@ def quiesce(m: Marketplace, accepted: list[str], timeout: float = 90.0) -> dict[
             except ApiMissing:
                 pass
             if not busy:
-                return orders
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= stable_s:
+                    return orders
+        if pending or busy:
+            quiet_since = None
         if time.monotonic() >= deadline:
             sample = {i: orders.get(i, {}).get("status", "missing") for i in sorted(set(pending))[:20]}
             raise AssertionError(
