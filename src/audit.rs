@@ -8,7 +8,10 @@
 //! which is why anything younger than `grace_ms` is reported as in flight, not as a
 //! violation. After quiescence (no load, every order final), run it with `grace_ms=0`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use anyhow::Context;
 use axum::{
@@ -597,17 +600,34 @@ fn check(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Orders and messages younger than this (ms) are in flight, not violations.
     /// Default 60000; 0 after quiescence.
     pub grace_ms: Option<i64>,
 }
 
-/// `GET /api/audit`: needs `config` to find every service's store.
+/// What the audit route holds: where the stores are, and the one audit that may run.
+#[derive(Clone)]
+struct Auditor {
+    config: Config,
+    /// One audit at a time: it reads every store, and callers in a loop must not multiply
+    /// that (a second concurrent call is 429).
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+/// `GET /api/audit`: needs `config` to find every service's store. Behind the operator's
+/// token ([`common::operator`]).
 pub fn router(config: Config) -> Router {
-    Router::new()
-        .route("/api/audit", get(audit))
-        .with_state(config)
+    let token = config.admin_token.clone();
+    token.guard(
+        Router::new()
+            .route("/api/audit", get(audit))
+            .with_state(Auditor {
+                config,
+                running: Arc::new(tokio::sync::Semaphore::new(1)),
+            }),
+    )
 }
 
 /// Checks the five invariants across every service's store.
@@ -619,14 +639,19 @@ pub fn router(config: Config) -> Router {
     path = "/api/audit",
     tag = "operations",
     params(AuditQuery),
+    security(("operator_token" = [])),
     responses(
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "The audit, with any violations", body = Report),
         (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 429, description = "Another audit is running; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A store could not be read", body = ErrorBody),
     )
 )]
 async fn audit(
-    State(config): State<Config>,
+    State(auditor): State<Auditor>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let grace_ms = match query {
@@ -636,7 +661,14 @@ async fn audit(
     if grace_ms < 0 {
         return ApiError::BadRequest("grace_ms: must be 0 or more".into()).into_response();
     }
-    match run(&config, grace_ms).await {
+    let Ok(_running) = auditor.running.try_acquire() else {
+        return ApiError::Busy {
+            detail: "an audit is already running".into(),
+            retry_after_s: 1,
+        }
+        .into_response();
+    };
+    match run(&auditor.config, grace_ms).await {
         Ok(report) => Json(report).into_response(),
         // A store that cannot be read: the audit can be retried.
         Err(e) => (

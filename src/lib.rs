@@ -81,7 +81,7 @@ pub async fn serve(
             .await
             .context("starting dead-letter")?;
         services.push(running);
-        router = router.merge(api);
+        router = router.merge(config.admin_token.guard(api));
     }
     if wants("manager") {
         services.push(
@@ -109,10 +109,17 @@ pub async fn serve(
     let router = common::metrics::track_http(router, metrics);
 
     tracing::info!(target, addr = %listener.local_addr()?, "marketplace listening");
+    if !config.admin_token.is_set() && (wants("backend") || wants("dead-letter")) {
+        tracing::info!(
+            "ADMIN_TOKEN is not set: operator endpoints (/api/audit, /api/dead-letters, fault flags) answer loopback clients only"
+        );
+    }
     let http = {
         let shutdown = shutdown.clone();
+        // The client's address: operator endpoints without a token admit loopback only.
+        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await
         })

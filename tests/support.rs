@@ -166,14 +166,22 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(extra: &[(&str, String)]) -> InProcess {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, extra).await
+    }
+
+    /// [`InProcess::start`] on `listener`; `base_url` is its port on 127.0.0.1.
+    pub async fn start_on(
+        listener: tokio::net::TcpListener,
+        extra: &[(&str, String)],
+    ) -> InProcess {
         common::telemetry::init("test");
         let vhost = Vhost::create();
         let data = tempfile::tempdir().unwrap();
         let env = environment(&vhost, data.path(), extra);
         let config =
             Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let shutdown = Shutdown::new();
         let task = tokio::spawn(marketplace::serve(
             "all",

@@ -50,6 +50,11 @@ pub struct Config {
     /// (503 with Retry-After) before storing anything: a 202 always means the order will
     /// complete, and a flood cannot grow the backlog without bound.
     pub max_backlog: usize,
+    /// The operator's bearer token (`ADMIN_TOKEN`, or the file `ADMIN_TOKEN_FILE` names).
+    /// Unset: operator endpoints answer loopback clients only.
+    pub admin_token: crate::operator::AdminToken,
+    /// The most orders `GET /api/all-transaction` returns (the newest, oldest first).
+    pub all_transaction_limit: i64,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -118,6 +123,21 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "MAX_BACKLOG",
         "50000",
         "orders accepted and not final past which purchases are refused with 503",
+    ),
+    (
+        "ADMIN_TOKEN",
+        "(unset: loopback only)",
+        "bearer token of the operator endpoints (audit, dead letters, fault flags)",
+    ),
+    (
+        "ADMIN_TOKEN_FILE",
+        "(unset)",
+        "a file holding ADMIN_TOKEN (a mounted Kubernetes Secret)",
+    ),
+    (
+        "ALL_TRANSACTION_LIMIT",
+        "1000",
+        "the most orders GET /api/all-transaction returns (the newest, oldest first)",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
@@ -230,6 +250,9 @@ impl Config {
         let max_sagas_in_flight =
             positive("MAX_SAGAS_IN_FLIGHT", var("MAX_SAGAS_IN_FLIGHT"), 256)? as usize;
         let max_backlog = positive("MAX_BACKLOG", var("MAX_BACKLOG"), 50_000)? as usize;
+        let admin_token = admin_token(var("ADMIN_TOKEN"), var("ADMIN_TOKEN_FILE"))?;
+        let all_transaction_limit =
+            positive("ALL_TRANSACTION_LIMIT", var("ALL_TRANSACTION_LIMIT"), 1000)?;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -246,7 +269,48 @@ impl Config {
             idempotency_key_ttl: Duration::from_millis(idempotency_ms as u64),
             max_sagas_in_flight,
             max_backlog,
+            admin_token,
+            all_transaction_limit,
         })
+    }
+}
+
+/// The operator token from `ADMIN_TOKEN` or from the file `ADMIN_TOKEN_FILE` names (its
+/// surrounding whitespace dropped, as a Secret file often ends in a newline). Both set is
+/// ambiguous and refused; so is a token too short to resist guessing.
+fn admin_token(
+    inline: Option<String>,
+    file: Option<String>,
+) -> Result<crate::operator::AdminToken, ConfigError> {
+    const MIN_LEN: usize = 16;
+    let token = match (inline, file) {
+        (Some(_), Some(path)) => {
+            return Err(err(
+                "ADMIN_TOKEN_FILE",
+                &path,
+                "ADMIN_TOKEN is set too: set one of them",
+            ));
+        }
+        (Some(t), None) => Some(("ADMIN_TOKEN", "(hidden)".to_string(), t.trim().to_string())),
+        (None, Some(path)) => {
+            let t = std::fs::read_to_string(&path)
+                .map_err(|e| err("ADMIN_TOKEN_FILE", &path, &format!("cannot be read: {e}")))?;
+            Some(("ADMIN_TOKEN_FILE", path, t.trim().to_string()))
+        }
+        (None, None) => None,
+    };
+    match token {
+        Some((variable, shown, t))
+            if t.chars().count() < MIN_LEN || t.chars().any(char::is_whitespace) =>
+        {
+            Err(err(
+                variable,
+                &shown,
+                &format!("the token must be at least {MIN_LEN} characters without spaces"),
+            ))
+        }
+        Some((_, _, t)) => Ok(crate::operator::AdminToken::new(Some(t))),
+        None => Ok(crate::operator::AdminToken::new(None)),
     }
 }
 
@@ -364,6 +428,38 @@ mod tests {
             assert_eq!(e.variable, name);
             assert!(e.to_string().contains(name), "{e}");
         }
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_variable_or_a_file_never_both() {
+        assert!(!config(&[]).unwrap().admin_token.is_set());
+        let inline = config(&[("ADMIN_TOKEN", "0123456789abcdef")]).unwrap();
+        assert!(inline.admin_token.is_set());
+        assert!(!format!("{inline:?}").contains("0123456789abcdef"));
+        let short = config(&[("ADMIN_TOKEN", "short")]).unwrap_err();
+        assert_eq!(short.variable, "ADMIN_TOKEN");
+        assert!(!short.to_string().contains("short\""), "{short}");
+
+        let dir = std::env::temp_dir().join(format!("admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "fedcba9876543210\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = config(&[("ADMIN_TOKEN_FILE", path)]).unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer fedcba9876543210".parse().unwrap(),
+        );
+        assert!(from_file.admin_token.admit(&headers, None).is_ok());
+        let both = config(&[
+            ("ADMIN_TOKEN", "0123456789abcdef"),
+            ("ADMIN_TOKEN_FILE", path),
+        ]);
+        assert_eq!(both.unwrap_err().variable, "ADMIN_TOKEN_FILE");
+        let missing = config(&[("ADMIN_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert_eq!(missing.variable, "ADMIN_TOKEN_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

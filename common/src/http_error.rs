@@ -28,6 +28,14 @@ pub enum ApiError {
     /// 403 `fault_injection_disabled`: a fault flag was set while `FAULT_INJECTION=off`.
     #[error("{flag}: fault injection is disabled (FAULT_INJECTION=off)")]
     FaultInjectionDisabled { flag: &'static str },
+    /// 401 `unauthorized`, with `WWW-Authenticate: Bearer`: an operator endpoint was called
+    /// without `Authorization: Bearer <token>`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403 `forbidden`: an operator endpoint was called with a wrong token, or from another
+    /// host while no token is configured.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 `not_found`: no such order, user or route.
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +53,10 @@ pub enum ApiError {
     /// detail starts with the field's name.
     #[error(transparent)]
     InvalidField(#[from] InvalidValue),
+    /// 429 `busy`, with `Retry-After`: the same costly operation is already running (one
+    /// audit at a time); the request may be sent again later.
+    #[error("{detail}; retry after {retry_after_s} s")]
+    Busy { detail: String, retry_after_s: u64 },
     /// 503 `unavailable`: the database does not answer; the request may be retried.
     #[error("the database is unavailable, retry later")]
     Unavailable(#[source] sqlx::Error),
@@ -61,7 +73,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::MalformedJson(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::FaultInjectionDisabled { .. } => StatusCode::FORBIDDEN,
+            ApiError::FaultInjectionDisabled { .. } | ApiError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -80,6 +96,9 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::FaultInjectionDisabled { .. } => "fault_injection_disabled",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Busy { .. } => "busy",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -131,9 +150,9 @@ impl From<QueryRejection> for ApiError {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))]
 pub struct ErrorBody {
-    /// `malformed_json`, `bad_request`, `fault_injection_disabled`, `not_found`, `conflict`,
-    /// `method_not_allowed`, `body_too_large`, `invalid_field`, `unavailable`, `overloaded`
-    /// or `internal`.
+    /// `malformed_json`, `bad_request`, `unauthorized`, `forbidden`,
+    /// `fault_injection_disabled`, `not_found`, `conflict`, `method_not_allowed`,
+    /// `body_too_large`, `invalid_field`, `busy`, `unavailable`, `overloaded` or `internal`.
     pub error: String,
     /// What is wrong, for a person; for `invalid_field` it starts with the field's name.
     pub detail: String,
@@ -153,11 +172,21 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
         };
         let mut response = (self.status(), Json(body)).into_response();
-        if let ApiError::Overloaded { retry_after_s, .. } = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(retry_after_s),
-            );
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Overloaded { retry_after_s, .. } | ApiError::Busy { retry_after_s, .. } => {
+                headers.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(retry_after_s),
+                );
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"marketplace operator\""),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -11,6 +11,7 @@ pub mod http_error;
 pub mod inbox;
 pub mod messages;
 pub mod metrics;
+pub mod operator;
 pub mod outbox;
 pub mod paging;
 pub mod room;

@@ -223,7 +223,10 @@ fn not_found(id: &str) -> ApiError {
     path = "/api/dead-letters",
     tag = "dead-letters",
     params(ListParams),
+    security(("operator_token" = [])),
     responses(
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
         (status = 400, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
             example = json!({"error": "bad_request", "detail": "limit: must be between 1 and 500"})),
@@ -253,7 +256,10 @@ pub async fn list(
     path = "/api/dead-letters/{id}",
     tag = "dead-letters",
     params(("id" = String, Path, format = Uuid, description = "The letter's id")),
+    security(("operator_token" = [])),
     responses(
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "The dead letter", body = DeadLetterDetail),
         (status = 400, description = "The id is not a UUID", body = ApiError),
         (status = 404, description = "No such dead letter", body = ApiError),
@@ -280,7 +286,10 @@ pub async fn get_one(
     path = "/api/dead-letters/{id}/replay",
     tag = "dead-letters",
     params(("id" = String, Path, format = Uuid, description = "The letter's id")),
+    security(("operator_token" = [])),
     responses(
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 202, description = "Queued for publishing; the letter with its replay counted", body = DeadLetterDetail),
         (status = 400, description = "The id is not a UUID", body = ApiError),
         (status = 404, description = "No such dead letter", body = ApiError),
@@ -316,7 +325,10 @@ pub async fn replay(
     path = "/api/dead-letters/{id}",
     tag = "dead-letters",
     params(("id" = String, Path, format = Uuid, description = "The letter's id")),
+    security(("operator_token" = [])),
     responses(
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "The resolved letter", body = DeadLetterDetail),
         (status = 400, description = "The id is not a UUID", body = ApiError),
         (status = 404, description = "No such dead letter", body = ApiError),

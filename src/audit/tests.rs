@@ -204,3 +204,16 @@ fn a_dead_lettered_step_must_be_in_the_store() {
     s.dead_lettered_orders.insert("o2".into());
     assert!(audit(&s).ok);
 }
+
+#[tokio::test]
+async fn a_second_audit_while_one_runs_is_429_with_retry_after() {
+    let config = Config::from_lookup(|_| None).unwrap();
+    let auditor = Auditor {
+        config,
+        running: Arc::new(tokio::sync::Semaphore::new(1)),
+    };
+    let _first = auditor.running.clone().try_acquire_owned().unwrap();
+    let response = super::audit(State(auditor), Ok(Query(AuditQuery { grace_ms: Some(0) }))).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+}

@@ -24,6 +24,8 @@ pub struct AppState {
     pub db: Db,
     /// Whether purchase fault flags are honoured (`FAULT_INJECTION`); refused with 403 if not.
     pub fault_injection: bool,
+    /// Fault flags are an operator's tool: they need the operator's token (or loopback).
+    pub admin_token: common::operator::AdminToken,
     /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
     pub backlog: std::sync::Arc<backlog::Backlog>,
     /// Writes accepted purchases in groups (one transaction for those arriving together).
@@ -47,11 +49,13 @@ pub fn router_with_docs(
     for extra in extra_docs {
         doc.merge(extra);
     }
+    common::operator::add_security_scheme(&mut doc);
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
         placing: placing::Placing::start(db.clone(), backlog.clone()),
         db,
         fault_injection: config.fault_injection,
+        admin_token: config.admin_token.clone(),
         backlog,
     };
     Router::new()

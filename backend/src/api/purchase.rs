@@ -47,7 +47,8 @@ pub struct PurchaseRequest {
     price: i64,
     /// Tokens to buy; greater than 0.
     amount: i64,
-    /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true).
+    /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true). An operator's
+    /// tool: any true flag needs the operator's bearer token (loopback only without one).
     #[schema(default = false)]
     kill_create: Option<bool>,
     #[schema(default = false)]
@@ -285,8 +286,13 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("malformed" = (value = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"}))),
                 ("bad key" = (value = json!({"error": "bad_request", "detail": "Idempotency-Key: must be 1 to 255 visible ASCII characters (no spaces), got 0 bytes"}))),
             )),
-        (status = 403, description = "A fault flag is set while fault injection is off", body = ApiError,
-            example = json!({"error": "fault_injection_disabled", "detail": "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"})),
+        (status = 401, description = "A fault flag is set without the operator's `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ApiError,
+            example = json!({"error": "unauthorized", "detail": "this operator endpoint needs Authorization: Bearer <ADMIN_TOKEN>"})),
+        (status = 403, description = "A fault flag is set while fault injection is off, or with a wrong operator token, or from a client not on loopback while ADMIN_TOKEN is unset", body = ApiError,
+            examples(
+                ("disabled" = (value = json!({"error": "fault_injection_disabled", "detail": "kill_payment: fault injection is disabled (FAULT_INJECTION=off)"}))),
+                ("forbidden" = (value = json!({"error": "forbidden", "detail": "the operator token is wrong"}))),
+            )),
         (status = 409, description = "The Idempotency-Key was already used for a different request; nothing was placed", body = ApiError,
             example = json!({"error": "conflict", "detail": "Idempotency-Key: already used for a different purchase request; use a new key for a new purchase"})),
         (status = 413, description = "The body is over 64 KiB", body = ApiError,
@@ -311,14 +317,18 @@ complete than the marketplace takes on (`MAX_BACKLOG`); nothing was placed. Retr
 pub async fn purchase(
     State(app): State<AppState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let purchase = parse(&body?)?;
-    if !app.fault_injection
-        && let Some(flag) = first_fault(&purchase.faults)
-    {
-        return Err(ApiError::FaultInjectionDisabled { flag });
+    if let Some(flag) = first_fault(&purchase.faults) {
+        if !app.fault_injection {
+            return Err(ApiError::FaultInjectionDisabled { flag });
+        }
+        // Injecting faults is an operator's act, not a shopper's.
+        app.admin_token
+            .admit(&headers, common::operator::peer(&extensions))?;
     }
     let order_id = OrderId::new();
     let placed_at_ms = now_ms();

@@ -81,7 +81,15 @@ impl TestApp {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(path);
+        // As the server sees a client on this machine (operator checks admit loopback).
+        let mut req =
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    40000,
+                ))));
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
