@@ -6,8 +6,12 @@ and see it object (test_policy.py): a policy that cannot fail proves nothing.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import traefik_rules
 
 # Kinds whose pods we define ourselves. The operators' pods (RabbitMQ, PostgreSQL) are theirs.
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
@@ -28,6 +32,44 @@ OPERATOR_SECRETS = {
         {"username", "password", "host", "port", "dbname", "uri", "jdbc-uri", "pgpass", "fqdn-uri"},
     ),
 }
+
+
+# Secrets no operator generates: a person creates them with kubectl, as deploy/README.md says
+# (never committed). The keys each must carry.
+OUT_OF_BAND_SECRETS = {"marketplace-admin-token": {"token"}}
+
+# What the ingress may serve (backend/src/api/mod.rs, Swagger UI), as requests to try...
+PUBLIC_REQUESTS = [
+    ("POST", "/api/purchase"), ("POST", "/api/purchase/"), ("GET", "/api/orders"),
+    ("GET", "/api/orders/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"), ("GET", "/api/all-transaction"),
+    ("GET", "/api/users/alice"), ("GET", "/api/inventory"), ("GET", "/api/analytics/sales"),
+    ("GET", "/docs"), ("GET", "/docs/"), ("GET", "/docs/index.html"), ("GET", "/docs/swagger-ui.css"),
+    ("GET", "/docs/swagger-initializer.js"), ("GET", "/api-docs/openapi.json"),
+]
+# ...and what it must not: the operator endpoints (backend's /api/audit, dead-letter's
+# /api/dead-letters…), every pod's health and metrics, and attempts to reach them through a
+# public route (extra segments, dot segments, encoded slashes).
+OPERATOR_REQUESTS = [
+    ("GET", "/api/audit"), ("GET", "/api/audit/"), ("GET", "/api/dead-letters"), ("GET", "/api/dead-letters/"),
+    ("GET", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"),
+    ("POST", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11/replay"),
+    ("DELETE", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"),
+    ("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz"),
+    ("GET", "/api/orders/../audit"), ("GET", "/api/orders/x/../../audit"), ("GET", "/api/users/a/../../audit"),
+    ("GET", "/api/analytics/../audit"), ("GET", "/api/analytics/../dead-letters"),
+    ("GET", "/docs/../api/audit"), ("GET", "/docs/../metrics"), ("GET", "/api-docs/../api/audit"),
+    ("GET", "/api/purchase/../audit"), ("GET", "//api/audit"), ("GET", "/api/orders/%2F..%2Faudit/x"),
+]
+# Not operator endpoints, but not public API either: the ingress serves none of them.
+UNLISTED_REQUESTS = [("GET", "/"), ("GET", "/api"), ("GET", "/api/"), ("GET", "/api/unknown"),
+                     ("GET", "/api-docs/other.json"), ("GET", "/docs/a/b")]
+
+# Where the ingress controller and the metrics scraper run (deploy/README.md installs Traefik's
+# Helm release in `traefik`; SigNoz's collector lives where OTEL_EXPORTER_OTLP_ENDPOINT points).
+TRAEFIK_NAMESPACE = "traefik"
+OTLP_PORTS = {4317, 4318}
+DNS = {"namespace": "kube-system", "pods": {"k8s-app": "kube-dns"}}
+NAMESPACE_NAME = "kubernetes.io/metadata.name"
 
 
 def pod_templates(docs: list[dict]) -> Iterator[tuple[str, dict]]:
@@ -109,13 +151,38 @@ def plaintext_secret_violations(docs: list[dict]) -> list[str]:
                 if "value" not in env:
                     continue
                 value = str(env["value"])
-                if SENSITIVE_NAME.search(env["name"]):
+                if SENSITIVE_NAME.search(env["name"]) and env["name"].endswith("_FILE"):
+                    # A path, not a credential: the file must be one a mounted Secret holds.
+                    if not secret_file(pod, c, value):
+                        problems.append(f"{at} names {value}, which no mounted Secret volume holds")
+                elif SENSITIVE_NAME.search(env["name"]):
                     problems.append(f"{at} holds a literal value; take it from a secretKeyRef")
                 for userinfo in URL_USERINFO.findall(value):
                     _, _, password = userinfo.partition(":")
                     if password and not re.fullmatch(VAR_REF.pattern, password):
                         problems.append(f"{at} has a literal password in its URL")
     return problems
+
+
+def secret_file(pod: dict, container: dict, path: str) -> tuple[str, str] | None:
+    """(Secret name, key) of the file `path` in `container`, if a Secret volume mounted there
+    holds it; else None."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        root = mount["mountPath"].rstrip("/") + "/"
+        if secret is None or not path.startswith(root) or mount.get("subPath"):
+            continue
+        relative = path[len(root):]
+        items = secret.get("items")
+        if items is None:
+            if "/" not in relative:
+                return secret["secretName"], relative
+        else:
+            for item in items:
+                if item["path"] == relative:
+                    return secret["secretName"], item["key"]
+    return None
 
 
 def reference_violations(docs: list[dict]) -> list[str]:
@@ -128,11 +195,28 @@ def reference_violations(docs: list[dict]) -> list[str]:
         if d["kind"] in OPERATOR_SECRETS:
             pattern, keys = OPERATOR_SECRETS[d["kind"]]
             generated[pattern.format(name=d["metadata"]["name"])] = keys
+    generated |= OUT_OF_BAND_SECRETS
 
     workloads = [d for d in docs if d["kind"] in WORKLOAD_KINDS]
     for where, template in pod_templates(docs):
         pod = template["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for name, volume in volumes.items():
+            secret = volume.get("secret")
+            if secret is None or secret.get("optional"):
+                continue
+            keys = generated.get(secret["secretName"])
+            if keys is None:
+                problems.append(f"{where}: volume {name} mounts Secret {secret['secretName']}, which nothing creates")
+                continue
+            for item in secret.get("items", []):
+                if item["key"] not in keys:
+                    problems.append(
+                        f"{where}: volume {name} reads key {item['key']} absent from {secret['secretName']}")
         for c in pod.get("initContainers", []) + pod.get("containers", []):
+            for mount in c.get("volumeMounts", []):
+                if mount["name"] not in volumes:
+                    problems.append(f"{where}/{c['name']}: mounts volume {mount['name']}, which the pod lacks")
             defined: set[str] = set()
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
@@ -181,11 +265,15 @@ def reference_violations(docs: list[dict]) -> list[str]:
             if isinstance(target, str) and target not in port_names:
                 problems.append(f"Service/{name}: targetPort {target} is no container port")
 
+    middlewares = {d["metadata"]["name"] for d in docs if d["kind"] == "Middleware"}
     for d in docs:
         if d["kind"] != "IngressRoute":
             continue
         at = f"IngressRoute/{d['metadata']['name']}"
         for route in d["spec"]["routes"]:
+            for middleware in route.get("middlewares", []):
+                if middleware["name"] not in middlewares:
+                    problems.append(f"{at}: Middleware {middleware['name']} does not exist")
             for backend in route.get("services", []):
                 if backend.get("kind", "Service") != "Service":
                     continue
@@ -236,6 +324,228 @@ def scaling_violations(docs: list[dict]) -> list[str]:
     return problems
 
 
+def operator_guard(route: dict, middlewares: dict[str, dict]) -> str | None:
+    """Why `route` does not keep operator endpoints from the public; None when it does.
+
+    Only a source-address allow-list qualifies. The application itself wants
+    `Authorization: Bearer <ADMIN_TOKEN>` on those endpoints, which basic auth would take over;
+    and an allow-list that admits every address guards nothing.
+    """
+    reasons = []
+    for ref in route.get("middlewares", []):
+        middleware = middlewares.get(ref["name"])
+        if middleware is None:
+            reasons.append(f"Middleware {ref['name']} does not exist")
+            continue
+        spec = middleware.get("spec", {})
+        allow = spec.get("ipAllowList")
+        if allow is None:
+            reasons.append(f"Middleware {ref['name']} is no ipAllowList"
+                           + (" (basic auth takes the Authorization header the token needs)"
+                              if "basicAuth" in spec else ""))
+            continue
+        ranges = allow.get("sourceRange", [])
+        if not ranges:
+            reasons.append(f"Middleware {ref['name']} allows no source range")
+            continue
+        try:
+            networks = [ipaddress.ip_network(r, strict=False) for r in ranges]
+        except ValueError as e:
+            reasons.append(f"Middleware {ref['name']}: {e}")
+            continue
+        if any(n.prefixlen == 0 for n in networks):
+            reasons.append(f"Middleware {ref['name']} allows every address")
+            continue
+        return None
+    return "; ".join(reasons) or "it has no middleware"
+
+
+def ingress_violations(docs: list[dict]) -> list[str]:
+    """The ingress serves no operator endpoint, health or metrics path to the public.
+
+    Every route's rule is evaluated (traefik_rules.py) against OPERATOR_REQUESTS on every host
+    it names and on a host it does not: one that matches must sit behind operator_guard.
+    """
+    problems = []
+    middlewares = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Middleware"}
+    for d in docs:
+        if d["kind"] != "IngressRoute":
+            continue
+        for i, route in enumerate(d["spec"]["routes"]):
+            at = f"IngressRoute/{d['metadata']['name']} route {i}"
+            try:
+                hosts = traefik_rules.hosts(route["match"]) | {"unlisted.example"}
+                reached = sorted({f"{method} {path}" for host in hosts for method, path in OPERATOR_REQUESTS
+                                  if traefik_rules.matches(route["match"], traefik_rules.Request(host, path, method))})
+            except traefik_rules.RuleError as e:
+                problems.append(f"{at}: cannot evaluate its rule: {e}")
+                continue
+            if reached:
+                why = operator_guard(route, middlewares)
+                if why:
+                    problems.append(f"{at}: serves operator paths {reached} to anyone: {why}")
+    return problems
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    if selector.get("matchExpressions"):
+        raise ValueError("matchExpressions are not evaluated here; use matchLabels")
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _policy_types(policy: dict) -> set[str]:
+    spec = policy["spec"]
+    return set(spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else [])))
+
+
+def _ports(rule: dict) -> set[tuple[str, int | str]]:
+    return {(p.get("protocol", "TCP"), p.get("port")) for p in rule.get("ports", [])}
+
+
+def _peer_namespace(peer: dict) -> str | None:
+    """The one other namespace a peer names by kubernetes.io/metadata.name; None for this one."""
+    if "namespaceSelector" not in peer:
+        return None
+    return peer["namespaceSelector"].get("matchLabels", {}).get(NAMESPACE_NAME, "*")
+
+
+def network_violations(docs: list[dict]) -> list[str]:
+    """Every pod we define is isolated both ways; ingress comes only from Traefik (to what the
+    IngressRoute routes to) and from the metrics scraper; egress goes only to RabbitMQ,
+    PostgreSQL, the OTLP collector and DNS, and to each of them."""
+    problems = []
+    pods = {where: t["metadata"].get("labels", {}) for where, t in pod_templates(docs)}
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    rabbit = {d["metadata"]["name"] for d in docs if d["kind"] == "RabbitmqCluster"}
+    postgres = {d["metadata"]["name"] for d in docs if d["kind"] == "Cluster"}
+    endpoint = next((cm["data"].get("OTEL_EXPORTER_OTLP_ENDPOINT") for cm in docs
+                     if cm["kind"] == "ConfigMap" and "OTEL_EXPORTER_OTLP_ENDPOINT" in cm.get("data", {})), None)
+    collector = urlsplit(endpoint) if endpoint else None
+    collector_ns = collector.hostname.split(".")[1] if collector and collector.hostname.count(".") >= 2 else None
+
+    # The pods the IngressRoutes send traffic to, and on which container ports.
+    routed: dict[str, set] = {}
+    for d in docs:
+        if d["kind"] != "IngressRoute":
+            continue
+        for route in d["spec"]["routes"]:
+            for backend in route.get("services", []):
+                svc = services.get(backend["name"])
+                if svc is None:
+                    continue
+                for port in svc["spec"]["ports"]:
+                    if backend["port"] in (port.get("name"), port["port"]):
+                        for where, labels in pods.items():
+                            if _selects({"matchLabels": svc["spec"]["selector"]}, labels):
+                                routed.setdefault(where, set()).add(port.get("targetPort", port["port"]))
+
+    selected: dict[str, list[dict]] = {where: [] for where in pods}
+    for policy in policies:
+        at = f"NetworkPolicy/{policy['metadata']['name']}"
+        try:
+            matched = [w for w, labels in pods.items() if _selects(policy["spec"]["podSelector"], labels)]
+        except ValueError as e:
+            problems.append(f"{at}: {e}")
+            continue
+        if not matched:
+            problems.append(f"{at}: selects none of our pods")
+        if not policy["spec"]["podSelector"].get("matchLabels"):
+            problems.append(f"{at}: selects every pod of the namespace, the operators' RabbitMQ and PostgreSQL too")
+        for where in matched:
+            selected[where].append(policy)
+
+        for rule in policy["spec"].get("ingress", []):
+            if not rule.get("from"):
+                problems.append(f"{at}: an ingress rule admits every source")
+                continue
+            if not rule.get("ports"):
+                problems.append(f"{at}: an ingress rule admits every port")
+            for peer in rule["from"]:
+                namespace = _peer_namespace(peer)
+                if "ipBlock" in peer:
+                    problems.append(f"{at}: admits the addresses {peer['ipBlock']}")
+                elif namespace is None:
+                    problems.append(f"{at}: admits pods of its own namespace (one service could call another)")
+                elif namespace == TRAEFIK_NAMESPACE:
+                    for where in matched:
+                        ports = {p for _, p in _ports(rule)}
+                        if where not in routed:
+                            problems.append(f"{at}: lets Traefik reach {where}, which no IngressRoute routes to")
+                        elif not ports <= routed[where]:
+                            problems.append(f"{at}: lets Traefik reach {where} on {ports - routed[where]}, "
+                                            "which no IngressRoute routes to")
+                elif namespace != collector_ns:
+                    problems.append(f"{at}: admits the namespace {namespace}, neither Traefik's nor the scraper's")
+
+        for rule in policy["spec"].get("egress", []):
+            if not rule.get("to"):
+                problems.append(f"{at}: an egress rule allows every destination")
+                continue
+            if not rule.get("ports"):
+                problems.append(f"{at}: an egress rule allows every port")
+            ports = _ports(rule)
+            for peer in rule["to"]:
+                namespace = _peer_namespace(peer)
+                pod_labels = peer.get("podSelector", {}).get("matchLabels", {})
+                if "ipBlock" in peer:
+                    allowed, what = set(), f"the addresses {peer['ipBlock']}"
+                elif namespace is None and pod_labels.get("app.kubernetes.io/name") in rabbit and len(pod_labels) == 1:
+                    allowed, what = {("TCP", 5672)}, "RabbitMQ"
+                elif namespace is None and pod_labels.get("cnpg.io/cluster") in postgres and len(pod_labels) == 1:
+                    allowed, what = {("TCP", 5432)}, "PostgreSQL"
+                elif namespace == collector_ns and namespace is not None and not pod_labels:
+                    allowed, what = {("TCP", p) for p in OTLP_PORTS}, "the OTLP collector"
+                elif namespace == DNS["namespace"] and pod_labels == DNS["pods"]:
+                    allowed, what = {("UDP", 53), ("TCP", 53)}, "DNS"
+                else:
+                    allowed, what = set(), f"{peer}"
+                if not allowed:
+                    problems.append(f"{at}: allows egress to {what}, which is not RabbitMQ, PostgreSQL, "
+                                    "the OTLP collector or DNS")
+                elif not ports <= allowed:
+                    problems.append(f"{at}: allows {what} on {sorted(ports - allowed, key=str)} too")
+
+    # Isolated both ways, and what each pod needs is allowed.
+    needs = {"RabbitMQ": ("TCP", 5672), "PostgreSQL": ("TCP", 5432), "DNS": ("UDP", 53)}
+    if collector is not None and collector_ns:
+        needs["the OTLP collector"] = ("TCP", collector.port)
+    for where, mine in selected.items():
+        types = set().union(*(_policy_types(p) for p in mine)) if mine else set()
+        for kind in ("Ingress", "Egress"):
+            if kind not in types:
+                problems.append(f"{where}: no NetworkPolicy restricts its {kind.lower()}")
+        if "Egress" in types:
+            reachable = set()
+            for policy in mine:
+                for rule in policy["spec"].get("egress", []):
+                    for peer in rule.get("to", []):
+                        namespace = _peer_namespace(peer)
+                        labels = peer.get("podSelector", {}).get("matchLabels", {})
+                        for port in _ports(rule):
+                            if namespace is None and labels.get("app.kubernetes.io/name") in rabbit:
+                                reachable.add(("RabbitMQ", port))
+                            if namespace is None and labels.get("cnpg.io/cluster") in postgres:
+                                reachable.add(("PostgreSQL", port))
+                            if namespace == collector_ns:
+                                reachable.add(("the OTLP collector", port))
+                            if namespace == DNS["namespace"] and labels == DNS["pods"]:
+                                reachable.add(("DNS", port))
+            for what, port in needs.items():
+                if (what, port) not in reachable:
+                    problems.append(f"{where}: cannot reach {what} on {port[1]}/{port[0]}")
+        if where in routed and "Ingress" in types:
+            from_traefik = set()
+            for policy in mine:
+                for rule in policy["spec"].get("ingress", []):
+                    if any(_peer_namespace(p) == TRAEFIK_NAMESPACE for p in rule.get("from", [])):
+                        from_traefik |= {p for _, p in _ports(rule)}
+            if not routed[where] <= from_traefik:
+                problems.append(f"{where}: Traefik routes to it on {routed[where]} but may not connect")
+    return problems
+
+
 def all_violations(docs: list[dict]) -> list[str]:
     return (container_violations(docs) + plaintext_secret_violations(docs)
-            + reference_violations(docs) + scaling_violations(docs))
+            + reference_violations(docs) + scaling_violations(docs)
+            + ingress_violations(docs) + network_violations(docs))

@@ -6,7 +6,9 @@ import kubernetes_validate
 import pytest
 
 import crd_schemas
-from deploy_support import K8S, OVERLAYS, TARGETS, WORKERS, by_kind, kustomize
+import k8s_policy
+import traefik_rules
+from deploy_support import DEPLOY, K8S, OVERLAYS, TARGETS, WORKERS, by_kind, kustomize
 
 # The oldest Kubernetes we support (the native preStop `sleep` is on by default from 1.30) and
 # the newest schema kubernetes-validate ships: a field must exist in both.
@@ -121,33 +123,123 @@ def test_telemetry_goes_to_the_signoz_collector(rendered, overlay):
             "metadata.labels['app.kubernetes.io/component']")
 
 
+HOSTS = {"dev": "marketplace.localhost", "prod": "marketplace.example.com"}
+# The targets that serve operator endpoints: backend (/api/audit), dead-letter (/api/dead-letters).
+OPERATOR_TARGETS = ("backend", "dead-letter")
+ADMIN_TOKEN_SECRET = "marketplace-admin-token"
+
+
+def routes_for(docs: list[dict], host: str, method: str, path: str) -> list[dict]:
+    request = traefik_rules.Request(host, path, method)
+    return [r for d in by_kind(docs, "IngressRoute").values() for r in d["spec"]["routes"]
+            if traefik_rules.matches(r["match"], request)]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_ingress_exposes_the_api_and_swagger_and_nothing_else(rendered, overlay):
-    (route,) = by_kind(rendered[overlay], "IngressRoute").values()
-    (rule,) = [r for r in route["spec"]["routes"] if r["services"][0]["name"] == "backend"]
-    for prefix in ("/api", "/api-docs", "/docs"):
-        assert f"PathPrefix(`{prefix}`)" in rule["match"]
-    assert "/metrics" not in rule["match"] and "/healthz" not in rule["match"]
-    assert [s["name"] for s in rule["services"]] == ["backend"]
+def test_the_ingress_sends_every_public_path_to_the_backend(rendered, overlay):
+    docs = rendered[overlay]
+    for method, path in k8s_policy.PUBLIC_REQUESTS:
+        routes = routes_for(docs, HOSTS[overlay], method, path)
+        assert routes, f"{method} {path} is not routed"
+        for route in routes:
+            assert route["services"] == [{"kind": "Service", "name": "backend", "port": "http"}], (path, route)
+            assert not route.get("middlewares"), f"the public API goes through no middleware: {route}"
+    (route,) = by_kind(docs, "IngressRoute").values()
     if overlay == "prod":
         assert route["spec"]["entryPoints"] == ["websecure"] and "tls" in route["spec"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_ingress_sends_dead_letters_to_the_dead_letter_service_on_the_same_host(rendered, overlay):
-    (route,) = by_kind(rendered[overlay], "IngressRoute").values()
-    routes = route["spec"]["routes"]
-    assert sorted(s["name"] for r in routes for s in r["services"]) == ["backend", "dead-letter"]
-    (api,) = [r for r in routes if r["services"][0]["name"] == "backend"]
-    (dead,) = [r for r in routes if r["services"][0]["name"] == "dead-letter"]
-    assert dead["match"].endswith("PathPrefix(`/api/dead-letters`)")
-    assert "/metrics" not in dead["match"] and "/healthz" not in dead["match"]
-    host = api["match"].split(" && ")[0]
-    assert host.startswith("Host(") and dead["match"].startswith(host + " && "), (api["match"], dead["match"])
-    # Traefik ranks a rule without a priority by its length: the narrower prefix must win
-    # over the backend's /api.
-    assert dead.get("priority", len(dead["match"])) > api.get("priority", len(api["match"]))
-    assert dead["services"][0]["port"] == "http"
+def test_the_ingress_routes_no_operator_health_metrics_or_unlisted_path(rendered, overlay):
+    # The design (deploy/README.md): operator endpoints are not routed at all, not even behind
+    # a middleware; operators use kubectl port-forward.
+    docs = rendered[overlay]
+    for method, path in k8s_policy.OPERATOR_REQUESTS + k8s_policy.UNLISTED_REQUESTS:
+        for host in (HOSTS[overlay], "unlisted.example"):
+            assert not routes_for(docs, host, method, path), f"{method} {host}{path} is routed"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_backend_is_behind_the_ingress(rendered, overlay):
+    docs = rendered[overlay]
+    backends = {s["name"] for d in by_kind(docs, "IngressRoute").values()
+                for r in d["spec"]["routes"] for s in r["services"]}
+    assert backends == {"backend"}, "the dead-letter service and the workers are not routed"
+    assert not by_kind(docs, "Middleware"), "no middleware: nothing operator-only is routed"
+    for route in by_kind(docs, "IngressRoute").values():
+        for rule in route["spec"]["routes"]:
+            assert traefik_rules.hosts(rule["match"]) == {HOSTS[overlay]}, rule["match"]
+
+
+def test_the_rule_evaluator_reads_traefik_rules_as_traefik_does():
+    rule = "Host(`a.example`) && (Path(`/x`) || PathRegexp(`^/y/[^/]+$`)) && !Method(`DELETE`)"
+    request = traefik_rules.Request
+    assert traefik_rules.matches(rule, request("a.example", "/x"))
+    assert traefik_rules.matches(rule, request("A.example", "/y/1", "POST"))
+    assert not traefik_rules.matches(rule, request("a.example", "/y/1/2"))
+    assert not traefik_rules.matches(rule, request("a.example", "/x", "DELETE"))
+    assert not traefik_rules.matches(rule, request("b.example", "/x"))
+    # && binds tighter than ||, and PathRegexp is unanchored unless the pattern anchors it.
+    assert traefik_rules.matches("Host(`a`) && Path(`/p`) || Path(`/q`)", request("b", "/q"))
+    assert traefik_rules.matches("PathRegexp(`/audit`)", request("h", "/api/audit"))
+    assert traefik_rules.matches('PathPrefix("/api")', request("h", "/api/audit"))
+    with pytest.raises(traefik_rules.RuleError):
+        traefik_rules.matches("Header(`X`, `y`)", request("h", "/"))
+    with pytest.raises(traefik_rules.RuleError):
+        traefik_rules.parse("Path(`/x`) &&")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_operator_token_is_a_mounted_secret_file_in_backend_and_dead_letter_only(rendered, overlay):
+    for name, d in by_kind(rendered[overlay], "Deployment").items():
+        pod = d["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert "ADMIN_TOKEN" not in env, "the token comes from a file, never an env value"
+        mounted = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        if name not in OPERATOR_TARGETS:
+            assert "ADMIN_TOKEN_FILE" not in env and ADMIN_TOKEN_SECRET not in mounted, name
+            continue
+        path = env["ADMIN_TOKEN_FILE"]["value"]
+        assert k8s_policy.secret_file(pod, container, path) == (ADMIN_TOKEN_SECRET, "token"), (name, path)
+        (volume,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == ADMIN_TOKEN_SECRET]
+        assert not volume["secret"].get("optional"), "without the token the pod must not start"
+        assert volume["secret"]["defaultMode"] & 0o007 == 0, "not world-readable"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+
+
+def test_every_secret_made_by_hand_is_documented_with_the_command_that_makes_it():
+    readme = (DEPLOY / "README.md").read_text()
+    for name, keys in k8s_policy.OUT_OF_BAND_SECRETS.items():
+        assert f"create secret generic {name}" in readme, name
+        for key in keys:
+            assert f"--from-literal={key}=" in readme or f"--from-file={key}=" in readme, (name, key)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_isolate_exactly_our_pods(rendered, overlay):
+    docs = rendered[overlay]
+    policies = by_kind(docs, "NetworkPolicy")
+    assert set(policies) == {"marketplace-default-deny", "marketplace-ingress-from-traefik",
+                             "marketplace-ingress-metrics-scrape", "marketplace-egress"}
+    deny = policies["marketplace-default-deny"]["spec"]
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"} and "ingress" not in deny and "egress" not in deny
+    app_pods = {name: d["spec"]["template"]["metadata"]["labels"] for name, d in by_kind(docs, "Deployment").items()}
+    assert set(app_pods) == set(TARGETS)
+    for name, policy in policies.items():
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector["app.kubernetes.io/name"] == "marketplace", name  # never the operators' pods
+        chosen = {t for t, labels in app_pods.items() if all(labels.get(k) == v for k, v in selector.items())}
+        assert chosen == ({"backend"} if name == "marketplace-ingress-from-traefik" else set(TARGETS)), (name, chosen)
+    (traefik,) = policies["marketplace-ingress-from-traefik"]["spec"]["ingress"][0]["from"]
+    assert traefik["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "traefik"}
+    assert traefik["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "traefik"}
+    # The RabbitMQ and PostgreSQL pods the egress names are the ones the operators label.
+    egress = policies["marketplace-egress"]["spec"]["egress"]
+    peers = [p.get("podSelector", {}).get("matchLabels") for r in egress for p in r["to"]]
+    assert {"app.kubernetes.io/name": "marketplace-rabbitmq"} in peers
+    assert {"cnpg.io/cluster": "marketplace-pg"} in peers
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
