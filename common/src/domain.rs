@@ -55,7 +55,8 @@ impl fmt::Display for OrderId {
     }
 }
 
-/// A buyer's name: 1 to 64 characters, none of them control characters.
+/// A buyer's name: 1 to 64 characters, NFC, no control or format characters, no whitespace
+/// at either end (see [`Username::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Username(String);
@@ -63,8 +64,20 @@ pub struct Username(String);
 impl Username {
     pub const MAX_CHARS: usize = 64;
 
+    /// A username as stored and compared: NFC-normalised, so that two spellings of one
+    /// name (a precomposed `é` or `e` + a combining accent) are one account. Refused: empty,
+    /// longer than [`Self::MAX_CHARS`], control characters, Unicode format characters
+    /// (bidi overrides, zero-width spaces and joiners, byte-order marks: they make two
+    /// different accounts look the same, or one look like another), and whitespace at
+    /// either end.
     pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
         let s = s.into();
+        let s = match is_nfc_quick(s.chars()) {
+            IsNormalized::Yes => s,
+            _ => s.nfc().collect(),
+        };
         let chars = s.chars().count();
         if s.trim().is_empty() {
             return Err(InvalidValue::new("username", "must not be empty"));
@@ -82,6 +95,24 @@ impl Username {
             return Err(InvalidValue::new(
                 "username",
                 "must not contain control characters",
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.general_category() == GeneralCategory::Format)
+        {
+            return Err(InvalidValue::new(
+                "username",
+                format!(
+                    "must not contain invisible format characters (U+{:04X})",
+                    u32::from(c)
+                ),
+            ));
+        }
+        if s.trim() != s {
+            return Err(InvalidValue::new(
+                "username",
+                "must not start or end with whitespace",
             ));
         }
         Ok(Self(s))
@@ -282,6 +313,33 @@ impl fmt::Display for OrderStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn username_is_nfc_and_refuses_invisible_and_edge_whitespace() {
+        // One name, two spellings: one account.
+        let composed = Username::parse("jos\u{e9}").unwrap();
+        let decomposed = Username::parse("jose\u{301}").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.as_str(), "jos\u{e9}");
+        for (name, code) in [
+            ("alice\u{200b}", "U+200B"),
+            ("\u{feff}alice", "U+FEFF"),
+            ("ali\u{202e}ecil", "U+202E"),
+            ("al\u{200d}ice", "U+200D"),
+            ("al\u{2066}ice", "U+2066"),
+            ("al\u{ad}ice", "U+00AD"),
+        ] {
+            let e = Username::parse(name).unwrap_err();
+            assert!(e.to_string().starts_with("username: "), "{e}");
+            assert!(e.to_string().contains(code), "{name:?}: {e}");
+        }
+        for name in [" alice", "alice ", "alice\u{3000}", "\u{a0}alice"] {
+            let e = Username::parse(name).unwrap_err();
+            assert!(e.to_string().contains("whitespace"), "{name:?}: {e}");
+        }
+        assert!(Username::parse("alice smith").is_ok());
+        assert!(Username::parse("Zoë 山田").is_ok());
+    }
 
     #[test]
     fn username_refuses_empty_long_and_control_characters() {

@@ -17,6 +17,7 @@ pub mod paging;
 pub mod room;
 pub mod service;
 pub mod shutdown;
+pub mod strict_json;
 pub mod telemetry;
 pub mod time;
 pub mod topology;

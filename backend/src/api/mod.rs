@@ -26,6 +26,8 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Fault flags are an operator's tool: they need the operator's token (or loopback).
     pub admin_token: common::operator::AdminToken,
+    /// The most orders `/api/all-transaction` answers with (the newest).
+    pub all_transaction_limit: i64,
     /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
     pub backlog: std::sync::Arc<backlog::Backlog>,
     /// Writes accepted purchases in groups (one transaction for those arriving together).
@@ -56,6 +58,7 @@ pub fn router_with_docs(
         db,
         fault_injection: config.fault_injection,
         admin_token: config.admin_token.clone(),
+        all_transaction_limit: config.all_transaction_limit,
         backlog,
     };
     Router::new()

@@ -209,7 +209,7 @@ impl From<&TimelineEntry> for TimelineItem {
     }
 }
 
-/// Every created order, oldest first.
+/// The newest created orders (at most `ALL_TRANSACTION_LIMIT`), oldest first.
 ///
 /// The compatibility contract's list: an order appears once its `order.create` step
 /// succeeded (an order whose creation failed is only visible at `/api/orders/{id}`).
@@ -218,7 +218,8 @@ impl From<&TimelineEntry> for TimelineItem {
     path = "/api/all-transaction",
     tag = "orders",
     responses(
-        (status = 200, description = "Created orders, oldest first", body = Vec<Transaction>),
+        (status = 200, description = "The newest created orders (at most `ALL_TRANSACTION_LIMIT`, \
+default 1,000), oldest first", body = Vec<Transaction>),
         (status = 503, description = "The database is unavailable", body = ApiError,
             example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
@@ -226,7 +227,7 @@ impl From<&TimelineEntry> for TimelineItem {
 pub async fn all_transactions(
     State(app): State<AppState>,
 ) -> Result<Json<Vec<Transaction>>, ApiError> {
-    let orders = store::orders::listed(&app.db).await?;
+    let orders = store::orders::listed(&app.db, app.all_transaction_limit).await?;
     Ok(Json(orders.iter().map(Transaction::from).collect()))
 }
 

@@ -41,11 +41,16 @@ pub const MAX_KEY_LEN: usize = 255;
 #[schema(example = json!({"username": "alice", "price": 10, "amount": 2, "kill_payment": false}))]
 #[allow(dead_code)]
 pub struct PurchaseRequest {
-    /// 1 to 64 characters, no control characters.
+    /// 1 to 64 characters, stored NFC-normalised; no control characters, no invisible
+    /// format characters (bidi controls, zero-width spaces and joiners, U+FEFF), no
+    /// whitespace at either end.
+    #[schema(min_length = 1, max_length = 64)]
     username: String,
     /// Price of one token, in credits; not negative. price × amount must fit in 64 bits.
+    #[schema(minimum = 0)]
     price: i64,
     /// Tokens to buy; greater than 0.
+    #[schema(minimum = 1)]
     amount: i64,
     /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true). An operator's
     /// tool: any true flag needs the operator's bearer token (loopback only without one).
@@ -96,7 +101,7 @@ pub const FAULT_FLAGS: [&str; 7] = [
 /// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
 /// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
 pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let value: Value = common::strict_json::parse(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Err(ApiError::MalformedJson(
@@ -281,7 +286,7 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("idempotent-replayed" = String,
                     description = "`true` when this answer replays an earlier request with the same Idempotency-Key; absent otherwise"),
             )),
-        (status = 400, description = "The body is not a JSON object, or the Idempotency-Key header is invalid", body = ApiError,
+        (status = 400, description = "The body is not a JSON object (or repeats a key), or the Idempotency-Key header is invalid", body = ApiError,
             examples(
                 ("malformed" = (value = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"}))),
                 ("bad key" = (value = json!({"error": "bad_request", "detail": "Idempotency-Key: must be 1 to 255 visible ASCII characters (no spaces), got 0 bytes"}))),
