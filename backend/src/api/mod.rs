@@ -52,6 +52,7 @@ pub fn router_with_docs(
         doc.merge(extra);
     }
     common::operator::add_security_scheme(&mut doc);
+    purchase::document_username_pattern(&mut doc);
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
         placing: placing::Placing::start(db.clone(), backlog.clone()),
@@ -102,7 +103,7 @@ Every error is `{\"error\": code, \"detail\": text}`.",
         healthz,
         readyz,
     ),
-    components(schemas(ApiError, ErrorBody)),
+    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus)),
     tags(
         (name = "orders", description = "Place orders and follow them"),
         (name = "accounts", description = "Balances and stock"),

@@ -46,11 +46,12 @@ pub struct PurchaseRequest {
     /// whitespace at either end.
     #[schema(min_length = 1, max_length = 64)]
     username: String,
-    /// Price of one token, in credits; not negative. price × amount must fit in 64 bits.
-    #[schema(minimum = 0)]
+    /// Price of one token, in credits: 0 to 10¹² (so that price × amount always fits in
+    /// 64 bits).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: i64,
-    /// Tokens to buy; greater than 0.
-    #[schema(minimum = 1)]
+    /// Tokens to buy: 1 to 10⁶.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     amount: i64,
     /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true). An operator's
     /// tool: any true flag needs the operator's bearer token (loopback only without one).
@@ -100,6 +101,35 @@ pub const FAULT_FLAGS: [&str; 7] = [
 
 /// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
 /// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
+/// Writes the username rules into `doc` as a `pattern` of `PurchaseRequest.username`
+/// (built from the same tables as the check, so the two cannot disagree).
+pub fn document_username_pattern(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let Some(RefOr::T(Schema::Object(request))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("PurchaseRequest"))
+    else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(username))) = request.properties.get_mut("username") {
+        username.pattern = Some(common::domain::username_pattern());
+    }
+}
+
+/// The highest price of one token a purchase may name, in credits.
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+/// The most tokens one purchase may buy. With [`MAX_PRICE`], a total always fits in 64 bits.
+pub const MAX_AMOUNT: i64 = 1_000_000;
+
+/// `value` of `field`, if it is at most `max`.
+fn at_most(value: i64, field: &'static str, max: i64) -> Result<i64, InvalidValue> {
+    if value > max {
+        return Err(InvalidValue::new(field, format!("must be at most {max}")));
+    }
+    Ok(value)
+}
+
 pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
     let value: Value = common::strict_json::parse(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
@@ -118,8 +148,8 @@ pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
             .into());
         }
     };
-    let price = Credits::new(integer(&fields, "price")?)?;
-    let amount = Quantity::new(integer(&fields, "amount")?)?;
+    let price = Credits::new(at_most(integer(&fields, "price")?, "price", MAX_PRICE)?)?;
+    let amount = Quantity::new(at_most(integer(&fields, "amount")?, "amount", MAX_AMOUNT)?)?;
     let terms = OrderTerms::new(username, price, amount)?;
     let [
         kill_create,
@@ -220,13 +250,21 @@ fn required<'a>(
 
 fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<i64, InvalidValue> {
     match required(fields, name)? {
-        Value::Number(n) => n.as_i64().ok_or_else(|| {
-            if n.is_u64() {
-                InvalidValue::new(name, format!("must be at most {}", i64::MAX))
-            } else {
-                InvalidValue::new(name, "must be an integer")
-            }
-        }),
+        // JSON Schema counts 3.0 as the integer 3, so the API does too.
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| {
+                if n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) {
+                    InvalidValue::new(name, format!("must be at most {}", i64::MAX))
+                } else {
+                    InvalidValue::new(name, "must be an integer")
+                }
+            }),
         other => Err(InvalidValue::new(
             name,
             format!("must be an integer, got {}", kind(other)),
@@ -275,6 +313,7 @@ fn kind(v: &Value) -> &'static str {
         ("Idempotency-Key" = Option<String>, Header,
             description = "1 to 255 visible ASCII characters (a UUID does). The same key and request \
 answer the first request's order again; the same key and another request is 409.",
+            min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             example = "0b6f6d0e-8f5c-4a43-9a8e-2d1f6f3c9a71"),
     ),
     request_body(content = PurchaseRequest, description = "What to buy, and optional fault flags"),
@@ -545,6 +584,14 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_number_written_with_a_fraction_is_that_integer_as_json_schema_says() {
+        let mut body = with("price", json!(3.0));
+        body["amount"] = json!(2.0);
+        let p = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!((p.terms.price.get(), p.terms.amount.get()), (3, 2));
+    }
+
+    #[test]
     fn a_wrongly_typed_field_is_422_naming_it() {
         let cases = [
             ("price", json!("ten")),
@@ -582,16 +629,22 @@ mod tests {
     }
 
     #[test]
-    fn a_total_overflowing_64_bits_is_422_naming_price() {
-        for (price, amount) in [
-            (1i64 << 62, 4i64),
-            (i64::MAX, 2),
-            (3_037_000_500, 3_037_000_500),
+    fn a_price_or_amount_beyond_its_bound_is_422_naming_it_so_no_total_overflows() {
+        for (price, amount, field) in [
+            (1i64 << 62, 4i64, "price"),
+            (i64::MAX, 2, "price"),
+            (MAX_PRICE + 1, 1, "price"),
+            (3_037_000_500, 3_037_000_500, "amount"),
+            (1, MAX_AMOUNT + 1, "amount"),
         ] {
             let mut body = with("price", json!(price));
             body["amount"] = json!(amount);
-            assert_names(body, "price");
+            assert_names(body, field);
         }
+        // The largest of both is a total that fits.
+        let mut body = with("price", json!(MAX_PRICE));
+        body["amount"] = json!(MAX_AMOUNT);
+        assert!(parse(body.to_string().as_bytes()).is_ok());
     }
 
     #[test]
