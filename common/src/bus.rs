@@ -36,7 +36,9 @@ use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, config::redact, outbox::Pending, shutdown::Shutdown, topology};
 
 mod batch;
+mod transient;
 pub use batch::{BatchHandler, BatchOptions, consume_batches};
+pub use transient::{is_transient, sqlx_is_transient};
 
 /// A supervised connection to RabbitMQ. Cheap to clone.
 #[derive(Clone)]
@@ -786,10 +788,12 @@ pub fn header_i64(props: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
-/// Why a handler did not finish. The kind alone decides what happens to the message.
+/// Why a handler did not finish. The kind alone decides what happens to the message;
+/// [`HandlerError::classify`] tells the kinds of an error apart by what it is.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Might work later (database or broker unavailable): retried in place with backoff.
+    /// Might work later (database or broker unavailable, a saga moving under it): retried
+    /// in place with backoff, up to [`MAX_TRANSIENT_ATTEMPTS`], then rejected.
     #[error("transient: {0:#}")]
     Transient(anyhow::Error),
     /// Will never work (undecodable, invalid): rejected, so it goes to the dead-letter store.
@@ -799,7 +803,7 @@ pub enum HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Transient(e.into())
+        HandlerError::classify(e)
     }
 }
 
