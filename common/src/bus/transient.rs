@@ -33,10 +33,7 @@ impl HandlerError {
 /// Whether a retry may cure `error`: decided by the first database or JSON error in its
 /// chain of causes.
 pub fn is_transient(error: &anyhow::Error) -> bool {
-    error
-        .chain()
-        .find_map(cause_is_transient)
-        .unwrap_or(true)
+    error.chain().find_map(cause_is_transient).unwrap_or(true)
 }
 
 /// What one cause says, if it is one this module knows.
@@ -214,7 +211,10 @@ mod tests {
             source: decode(),
         };
         assert_eq!(kind(column), "permanent");
-        assert_eq!(kind(sqlx::Error::ColumnNotFound("state".into())), "permanent");
+        assert_eq!(
+            kind(sqlx::Error::ColumnNotFound("state".into())),
+            "permanent"
+        );
         let type_name = "saga_state".to_string();
         assert_eq!(kind(sqlx::Error::TypeNotFound { type_name }), "permanent");
         let out_of_bounds = sqlx::Error::ColumnIndexOutOfBounds { index: 3, len: 1 };
@@ -311,7 +311,10 @@ mod tests {
         writing.execute("INSERT INTO t VALUES (1)").await.unwrap();
         let other = pool("PRAGMA busy_timeout = 0").await.unwrap();
         let busy = other.execute("INSERT INTO t VALUES (2)").await.unwrap_err();
-        assert!(busy.to_string().contains("(code: 5)"), "SQLITE_BUSY: {busy}");
+        assert!(
+            busy.to_string().contains("(code: 5)"),
+            "SQLITE_BUSY: {busy}"
+        );
         assert_eq!(kind(busy), "transient");
         drop(writing);
         other.close().await;
