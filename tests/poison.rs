@@ -311,3 +311,87 @@ async fn a_batch_message_failing_transiently_forever_is_rejected_to_the_dead_let
     // The batch it came in, then the bounded attempts alone.
     assert_rejected_after(attempts, 1 + bus::MAX_TRANSIENT_ATTEMPTS, letter.unwrap());
 }
+
+/// Fails with "the database cannot be reached" `outage` times, then succeeds.
+struct DatabaseAway {
+    outage: u32,
+    attempts: AtomicU32,
+}
+
+impl Handler for DatabaseAway {
+    async fn handle(&self, _msg: &Incoming) -> Result<(), HandlerError> {
+        if self.attempts.fetch_add(1, Ordering::SeqCst) < self.outage {
+            return Err(sqlx::Error::PoolTimedOut.into());
+        }
+        Ok(())
+    }
+}
+
+/// An outage of the database is the service's, not the message's: it is waited out past
+/// the bound, and the message is handled once the database is back, not dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_longer_than_the_bound_is_waited_out_not_dead_lettered() {
+    common::telemetry::init("test");
+    let vhost = Vhost::create();
+    let shutdown = Shutdown::new();
+    let broker = Broker::start(&vhost.amqp_url(), "poison-test", shutdown.clone());
+    let (conn, channel) = confirming_channel(&vhost).await;
+    bus::declare_topology(&conn).await.unwrap();
+    channel
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions::durable(),
+            bus::queue_arguments(true),
+        )
+        .await
+        .unwrap();
+    publish(&channel, "", QUEUE, "outage", b"{}").await;
+    let outage = bus::MAX_TRANSIENT_ATTEMPTS + 1;
+    let handler = Arc::new(DatabaseAway {
+        outage,
+        attempts: AtomicU32::new(0),
+    });
+    let consumer = tokio::spawn(bus::consume(
+        broker,
+        QUEUE,
+        4,
+        handler.clone(),
+        shutdown.clone(),
+    ));
+    eventually("the message handled once the database is back", || {
+        let handler = handler.clone();
+        async move { handler.attempts.load(Ordering::SeqCst) > outage }
+    })
+    .await;
+    // Acked: the queue is empty, and nothing reached the dead-letter queue.
+    eventually("the queue emptied by the ack", || {
+        let channel = channel.clone();
+        async move {
+            channel
+                .queue_declare(
+                    QUEUE.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .unwrap()
+                .message_count()
+                == 0
+        }
+    })
+    .await;
+    let letter = channel
+        .basic_get(
+            topology::DEAD_LETTER_QUEUE.into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap();
+    assert!(letter.is_none(), "dead-lettered during a database outage");
+    shutdown.cancel();
+    consumer.await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}

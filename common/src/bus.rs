@@ -980,7 +980,6 @@ async fn process_alone<H: Handler>(
                 }
             }
         };
-        attempts += 1;
         let error = match outcome {
             Ok(()) => {
                 counters.ok.inc();
@@ -991,6 +990,11 @@ async fn process_alone<H: Handler>(
             }
             Err(e) => e,
         };
+        // A database that cannot be reached is an outage of the service, not a fault of
+        // the message: it is waited out, however long, and counts no attempt.
+        if !matches!(&error, HandlerError::Transient(e) if transient::is_unavailable(e)) {
+            attempts += 1;
+        }
         let for_good = match &error {
             HandlerError::Permanent(_) => true,
             HandlerError::Transient(_) => attempts >= MAX_TRANSIENT_ATTEMPTS,

@@ -45,6 +45,31 @@ fn cause_is_transient(cause: &(dyn StdError + 'static)) -> Option<bool> {
     cause.downcast_ref::<serde_json::Error>().map(|_| false)
 }
 
+/// Whether `error` says the database cannot be reached at all (a refused or lost
+/// connection, an exhausted pool, a server shutting down or refusing connections). Such a
+/// failure is the service's, not the message's: retrying it does not count toward
+/// [`super::MAX_TRANSIENT_ATTEMPTS`], so a database outage of any length delays messages
+/// instead of dead-lettering them (and failing their orders).
+pub fn is_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(sqlx_is_unavailable)
+    })
+}
+
+fn sqlx_is_unavailable(error: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match error {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed => true,
+        E::Database(e) => e.code().is_some_and(|state| {
+            let state = state.as_ref();
+            state.starts_with("08") || matches!(state, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Whether a retry may cure a database error.
 pub fn sqlx_is_transient(error: &sqlx::Error) -> bool {
     use sqlx::Error as E;
@@ -200,6 +225,20 @@ mod tests {
         assert_eq!(kind(sqlx::Error::PoolClosed), "transient");
         assert_eq!(kind(sqlx::Error::WorkerCrashed), "transient");
         assert_eq!(kind(sqlx::Error::BeginFailed), "transient");
+    }
+
+    #[test]
+    fn only_an_unreachable_database_is_an_outage_that_counts_no_attempt() {
+        let outage = |e: sqlx::Error| is_unavailable(&anyhow::Error::from(e));
+        assert!(outage(sqlx::Error::Io(io())));
+        assert!(outage(sqlx::Error::PoolTimedOut));
+        assert!(outage(postgres("08006")));
+        assert!(outage(postgres("57P01")));
+        assert!(!outage(postgres("40001")));
+        assert!(!outage(sqlx::Error::WorkerCrashed));
+        assert!(!outage(sqlx::Error::Decode("bad".into())));
+        let wrapped = anyhow::Error::from(sqlx::Error::PoolClosed).context("loading sagas");
+        assert!(is_unavailable(&wrapped));
     }
 
     #[test]
