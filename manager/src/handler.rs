@@ -414,6 +414,15 @@ impl Manager {
             None => self.timers.cancel(t.saga.order_id),
         }
         crate::metrics::record(&self.metrics, d.before, t);
+        // How long the workers took to answer steers how many sagas run at once. A step
+        // that timed out or was dead-lettered says nothing of queues (a stalled or broken
+        // worker does that alone); only answers do.
+        for (entry, latency_ms) in crate::metrics::step_latencies(d.before, t) {
+            if matches!(entry.event.as_str(), "done" | "refused" | "failed") {
+                self.room
+                    .observe(latency_ms, self.timing.step_timeout_ms, entry.at_ms);
+            }
+        }
         let finished = t.saga.status().is_final();
         match (d.started, finished) {
             (true, false) => self.room.take(1),

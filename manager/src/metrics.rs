@@ -4,41 +4,55 @@
 
 use common::metrics::Metrics;
 
+use common::messages::TimelineEntry;
+
 use crate::saga::Transition;
 
 /// Records the transition `t`, committed over a saga whose timeline had `before` entries
 /// (0 for a saga just inserted). Call it once per committed transition: a saga reaches its
 /// final status in exactly one of them (compare-and-set on its version), so orders are
 /// counted once even with several manager replicas.
+/// The steps `t` closed (its timeline entries from `before` on that end a step: done,
+/// refused, failed, timed out, dead-lettered), each with the time since its command was
+/// sent. A late reply (`ignored`) answers a command the saga stopped waiting for: it is not
+/// a step's latency.
+pub fn step_latencies(
+    before: usize,
+    t: &Transition,
+) -> impl Iterator<Item = (&TimelineEntry, i64)> + '_ {
+    let timeline = &t.saga.timeline;
+    timeline
+        .iter()
+        .enumerate()
+        .skip(before)
+        .filter(|(_, e)| !matches!(e.event.as_str(), "sent" | "ignored"))
+        .filter_map(move |(at, entry)| {
+            timeline[..at]
+                .iter()
+                .rev()
+                .find(|e| e.step == entry.step && e.event == "sent")
+                .map(|sent| (entry, entry.at_ms - sent.at_ms))
+        })
+}
+
 pub fn record(metrics: &Metrics, before: usize, t: &Transition) {
     let saga = &t.saga;
-    let timeline = &saga.timeline;
-    for (at, entry) in timeline.iter().enumerate().skip(before) {
-        match entry.event.as_str() {
-            "sent" if entry.step.is_compensation() => {
-                // A retry carries "attempt N" as its detail; the first attempt none.
-                let counter = if entry.detail.is_none() {
-                    &metrics.compensations
-                } else {
-                    &metrics.compensation_retries
-                };
-                counter.with_label_values(&[entry.step.name()]).inc();
-            }
-            // A late reply answers a command the saga stopped waiting for: not a step's latency.
-            "sent" | "ignored" => {}
-            outcome => {
-                let sent = timeline[..at]
-                    .iter()
-                    .rev()
-                    .find(|e| e.step == entry.step && e.event == "sent");
-                if let Some(sent) = sent {
-                    metrics
-                        .step_seconds
-                        .with_label_values(&[entry.step.name(), outcome])
-                        .observe(seconds(entry.at_ms - sent.at_ms));
-                }
-            }
+    for entry in &saga.timeline[before.min(saga.timeline.len())..] {
+        if entry.event == "sent" && entry.step.is_compensation() {
+            // A retry carries "attempt N" as its detail; the first attempt none.
+            let counter = if entry.detail.is_none() {
+                &metrics.compensations
+            } else {
+                &metrics.compensation_retries
+            };
+            counter.with_label_values(&[entry.step.name()]).inc();
         }
+    }
+    for (entry, latency_ms) in step_latencies(before, t) {
+        metrics
+            .step_seconds
+            .with_label_values(&[entry.step.name(), entry.event.as_str()])
+            .observe(seconds(latency_ms));
     }
     // A transition out of a final status is never committed (a Done saga ignores every input),
     // so a final status here was reached by this transition.
