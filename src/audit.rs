@@ -2,11 +2,26 @@
 //! ARCHITECTURE.md across them, naming the orders involved in any violation.
 //!
 //! It is an operator's tool (`GET /api/audit`, `marketplace audit`) and the chaos tests'
-//! oracle. It reads whole tables, so it costs a scan of each store: fine for an audit run
-//! now and then, not for a hot path. It takes no locks across stores, so it reads them one
-//! after the other; an order that moves while it reads can look inconsistent for a moment,
-//! which is why anything younger than `grace_ms` is reported as in flight, not as a
-//! violation. After quiescence (no load, every order final), run it with `grace_ms=0`.
+//! oracle. It takes no locks across stores, so it reads them one after the other; an order
+//! that moves while it reads can look inconsistent for a moment, which is why anything
+//! younger than `grace_ms` is reported as in flight, not as a violation. After quiescence
+//! (no load, every order final), run it with `grace_ms=0`.
+//!
+//! Its memory does not grow with the number of orders stored:
+//! - the per-order checks run per window of order ids, `(lo, hi]`, holding at most
+//!   [`WINDOW`] rows of each store at a time: `hi` is the smallest of each store's
+//!   [`WINDOW`]-th order id after `lo` (not the backend's alone: a store may hold ids the
+//!   backend does not), and the last window is open-ended, so the windows partition the
+//!   whole id space (a row whose order the backend never had is read too). Each store
+//!   compares ids in its own collation: bytewise on SQLite, and for UUIDs (lowercase hex
+//!   at fixed places) any PostgreSQL collation orders them the same;
+//! - the books (credits per user, stock per product) are summed by the payment and
+//!   inventory stores themselves (`GROUP BY`, one statement each, so each account is read
+//!   consistently with its payments) and streamed row by row;
+//! - the report lists at most [`LISTED`] violations per invariant and counts the others.
+//!
+//! The checks are a pure core (`Tally`, `check_window`, `check_account`, `check_product`,
+//! `check_outboxes`): data and time in, findings out.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -28,14 +43,24 @@ use common::{
     http_error::{ApiError, ErrorBody},
     time::now_ms,
 };
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AnyPool, Row, any::AnyRow};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 /// Whatever is younger than this is in flight, not a violation, unless the caller says
 /// otherwise.
 pub const DEFAULT_GRACE_MS: i64 = 60_000;
+
+/// Order ids per window: the audit holds at most this many rows of each store at a time
+/// (plus whatever is written into the last, open-ended, window while it reads it).
+pub const WINDOW: usize = 2_000;
+
+/// Violations listed per invariant; the others are only counted (`Invariant::unlisted`).
+pub const LISTED: usize = 100;
+
+/// Orders named by a violation of a user's or a product's books: its first ones by id.
+pub const BOOK_ORDERS: usize = 100;
 
 /// The audit's answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -52,7 +77,7 @@ pub struct Report {
     pub invariants: Vec<Invariant>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OrderCounts {
     /// Orders the backend accepted (answered 202).
     pub accepted: i64,
@@ -71,18 +96,30 @@ pub struct DeadLetterCounts {
     pub total: i64,
 }
 
+/// One invariant and what violates it. The report is bounded: at most 100 violations are
+/// listed per invariant, and `unlisted` counts the others; `ok` is false whenever any
+/// violation was found, listed or not. Which are listed: the violations of a user's or a
+/// product's books first (by username, product), then those of single orders (by order
+/// id), then those of the outboxes; the list is then sorted by orders and detail.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Invariant {
     pub id: u8,
     pub name: String,
+    /// True when no violation was found (listed or not).
     pub ok: bool,
+    /// At most 100 of the violations found.
     pub violations: Vec<Violation>,
+    /// Violations found but not listed in `violations` (beyond the first 100).
+    #[serde(default)]
+    pub unlisted: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Violation {
     pub detail: String,
     /// The orders involved (may be empty when the violation is about a balance as a whole).
+    /// For the books of a user or a product: its first 100 orders by id, the detail saying
+    /// how many it has when there are more.
     pub orders: Vec<String>,
 }
 
@@ -96,6 +133,12 @@ const NAMES: [&str; 5] = [
 
 /// Opens every service's store (read only, without migrating), audits, and closes them.
 pub async fn run(config: &Config, grace_ms: i64) -> anyhow::Result<Report> {
+    run_windowed(config, grace_ms, WINDOW).await
+}
+
+/// [`run`] with windows of `window` order ids (at least 1; at most `i64::MAX`, which makes
+/// one window): tests make it small, to cross many windows with a few orders.
+pub async fn run_windowed(config: &Config, grace_ms: i64, window: usize) -> anyhow::Result<Report> {
     let mut dbs = HashMap::new();
     for service in crate::services() {
         let db = Db::attach(config, service)
@@ -103,44 +146,37 @@ pub async fn run(config: &Config, grace_ms: i64) -> anyhow::Result<Report> {
             .with_context(|| format!("opening the {service} store"))?;
         dbs.insert(service, db);
     }
-    let result = Snapshot::read(&dbs).await;
+    let stores = Stores {
+        pools: dbs.iter().map(|(s, db)| (*s, db.pool().clone())).collect(),
+    };
+    let result = stores
+        .audit(config, grace_ms, window.clamp(1, i64::MAX as usize))
+        .await;
     for db in dbs.values() {
         db.pool().close().await;
     }
-    let snapshot = result?;
-    Ok(check(
-        &snapshot,
-        config.initial_credits,
-        config.initial_stock,
-        now_ms(),
-        grace_ms,
-    ))
+    result
 }
 
-/// What the audit reads of each store.
+// ---- the pure core ----------------------------------------------------------------------
+
+/// What the audit reads of every store for one window of order ids.
 #[derive(Debug, Default)]
-struct Snapshot {
+struct Window {
     /// backend: the accepted orders as users see them.
     orders: Vec<AcceptedOrder>,
     /// manager: order id → saga.
     sagas: HashMap<String, SagaRow>,
     /// order service: order id → (status, created).
     order_records: HashMap<String, (String, bool)>,
-    /// payment: username → (credits, opening credits).
-    accounts: Vec<(String, i64, Option<i64>)>,
-    /// payment: order id → (username, amount, status).
-    payments: HashMap<String, (String, i64, String)>,
-    /// inventory: product → (stock, opening stock).
-    products: Vec<(String, i64, Option<i64>)>,
-    /// inventory: order id → (product, amount, status).
-    reservations: HashMap<String, (String, i64, String)>,
+    /// payment: order id → status.
+    payments: HashMap<String, String>,
+    /// inventory: order id → status.
+    reservations: HashMap<String, String>,
     /// delivery: order id → status.
     deliveries: HashMap<String, String>,
-    /// dead-letter: order ids that have a dead letter, and the counts.
+    /// dead-letter: order ids that have a dead letter.
     dead_lettered_orders: HashSet<String>,
-    dead_letters: DeadLetterCounts,
-    /// service → (waiting messages, oldest created_at_ms).
-    outboxes: BTreeMap<String, (i64, Option<i64>)>,
 }
 
 #[derive(Debug)]
@@ -160,162 +196,111 @@ struct SagaRow {
     timeline: Vec<(String, String)>,
 }
 
-fn text(row: &AnyRow, column: &str) -> anyhow::Result<String> {
-    Ok(row.try_get::<String, _>(column)?)
+/// One user's or one product's books, as its store sums them.
+#[derive(Debug, Clone, Default)]
+struct Books {
+    /// The username or the product.
+    name: String,
+    /// Credits or stock held now; None for payments of a user who has no account.
+    held: Option<i64>,
+    /// What the account or product opened with; None for those opened before the column
+    /// existed (the configured initial amount is assumed).
+    opening: Option<i64>,
+    /// Σ amount of its CHARGED payments, or of its RESERVED reservations.
+    taken: i64,
+    /// How many payments or reservations it has, whatever their status.
+    order_count: i64,
+    /// Its first orders by id (at most [`BOOK_ORDERS`]): read only for a violation listed.
+    orders: Vec<String>,
 }
 
-fn int(row: &AnyRow, column: &str) -> anyhow::Result<i64> {
-    Ok(row.try_get::<i64, _>(column)?)
+/// What one window's checks found: its counts and, per invariant, its violations sorted
+/// by orders then detail.
+#[derive(Debug, Default)]
+struct Findings {
+    counts: OrderCounts,
+    violations: [Vec<Violation>; 5],
 }
 
-impl Snapshot {
-    async fn read(dbs: &HashMap<&str, Db>) -> anyhow::Result<Snapshot> {
-        let rows = |service: &'static str, sql: &'static str| {
-            let pool = dbs[service].pool().clone();
-            async move {
-                sqlx::query(sql)
-                    .fetch_all(&pool)
-                    .await
-                    .with_context(|| format!("reading the {service} store"))
+/// The audit so far: counts summed over the windows, and per invariant the violations
+/// listed (the first [`LISTED`] found) and how many others there are.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: OrderCounts,
+    listed: [Vec<Violation>; 5],
+    unlisted: [u64; 5],
+}
+
+impl Tally {
+    /// Records a violation of invariant `id` (1 to 5).
+    fn push(&mut self, id: u8, violation: Violation) {
+        let i = usize::from(id - 1);
+        if self.listed[i].len() < LISTED {
+            self.listed[i].push(violation);
+        } else {
+            self.unlisted[i] += 1;
+        }
+    }
+
+    /// Counts violations of invariant `id` that are not listed.
+    fn unlisted(&mut self, id: u8, n: usize) {
+        self.unlisted[usize::from(id - 1)] += n as u64;
+    }
+
+    /// Whether a violation of invariant `id` found now would be listed.
+    fn has_room(&self, id: u8) -> bool {
+        self.listed[usize::from(id - 1)].len() < LISTED
+    }
+
+    /// Adds one window's findings. Windows added in order of their ids list the violations
+    /// with the smallest order ids, whatever the window size.
+    fn add(&mut self, findings: Findings) {
+        let Findings { counts, violations } = findings;
+        self.counts.accepted += counts.accepted;
+        self.counts.r#final += counts.r#final;
+        self.counts.in_flight += counts.in_flight;
+        for (status, n) in counts.by_status {
+            *self.counts.by_status.entry(status).or_default() += n;
+        }
+        for (i, found) in violations.into_iter().enumerate() {
+            for v in found {
+                self.push(i as u8 + 1, v);
             }
-        };
-        let mut s = Snapshot::default();
-        // Downstream stores first, the backend last: an order that moves while we read is
-        // then seen final downstream no later than upstream, never the other way round.
-        for r in rows(
-            "dead-letter",
-            "SELECT order_id, resolved_at_ms FROM dead_letters",
-        )
-        .await?
-        {
-            s.dead_letters.total += 1;
-            if r.try_get::<Option<i64>, _>("resolved_at_ms")?.is_none() {
-                s.dead_letters.open += 1;
-            }
-            if let Some(order_id) = r.try_get::<Option<String>, _>("order_id")? {
-                s.dead_lettered_orders.insert(order_id);
-            }
         }
-        for r in rows("delivery", "SELECT order_id, status FROM deliveries").await? {
-            s.deliveries
-                .insert(text(&r, "order_id")?, text(&r, "status")?);
+    }
+
+    fn report(
+        self,
+        now: i64,
+        grace_ms: i64,
+        dead_letters: DeadLetterCounts,
+        outbox_backlog: BTreeMap<String, i64>,
+    ) -> Report {
+        let invariants: Vec<Invariant> = self
+            .listed
+            .into_iter()
+            .zip(self.unlisted)
+            .enumerate()
+            .map(|(i, (mut violations, unlisted))| {
+                violations.sort_by(|a, b| a.orders.cmp(&b.orders).then(a.detail.cmp(&b.detail)));
+                Invariant {
+                    id: i as u8 + 1,
+                    name: NAMES[i].into(),
+                    ok: violations.is_empty() && unlisted == 0,
+                    violations,
+                    unlisted,
+                }
+            })
+            .collect();
+        Report {
+            ok: invariants.iter().all(|i| i.ok),
+            checked_at_ms: now,
+            grace_ms,
+            orders: self.counts,
+            dead_letters,
+            outbox_backlog,
+            invariants,
         }
-        for r in rows(
-            "inventory",
-            "SELECT order_id, product, amount, status FROM reservations",
-        )
-        .await?
-        {
-            s.reservations.insert(
-                text(&r, "order_id")?,
-                (
-                    text(&r, "product")?,
-                    int(&r, "amount")?,
-                    text(&r, "status")?,
-                ),
-            );
-        }
-        for r in rows(
-            "inventory",
-            "SELECT product, stock, opening_stock FROM products",
-        )
-        .await?
-        {
-            s.products.push((
-                text(&r, "product")?,
-                int(&r, "stock")?,
-                r.try_get::<Option<i64>, _>("opening_stock")?,
-            ));
-        }
-        for r in rows(
-            "payment",
-            "SELECT order_id, username, amount, status FROM payments",
-        )
-        .await?
-        {
-            s.payments.insert(
-                text(&r, "order_id")?,
-                (
-                    text(&r, "username")?,
-                    int(&r, "amount")?,
-                    text(&r, "status")?,
-                ),
-            );
-        }
-        for r in rows(
-            "payment",
-            "SELECT username, credits, opening_credits FROM accounts",
-        )
-        .await?
-        {
-            s.accounts.push((
-                text(&r, "username")?,
-                int(&r, "credits")?,
-                r.try_get::<Option<i64>, _>("opening_credits")?,
-            ));
-        }
-        for r in rows("order", "SELECT order_id, status, created FROM orders").await? {
-            s.order_records.insert(
-                text(&r, "order_id")?,
-                (text(&r, "status")?, int(&r, "created")? == 1),
-            );
-        }
-        for r in rows(
-            "manager",
-            "SELECT order_id, status, phase, updated_at_ms, state FROM sagas",
-        )
-        .await?
-        {
-            let state: Value =
-                serde_json::from_str(&text(&r, "state")?).context("a saga's state is not JSON")?;
-            let timeline = state["timeline"]
-                .as_array()
-                .map(|entries| {
-                    entries
-                        .iter()
-                        .map(|e| {
-                            (
-                                e["step"].as_str().unwrap_or_default().to_string(),
-                                e["event"].as_str().unwrap_or_default().to_string(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            s.sagas.insert(
-                text(&r, "order_id")?,
-                SagaRow {
-                    status: text(&r, "status")?,
-                    phase: text(&r, "phase")?,
-                    updated_at_ms: int(&r, "updated_at_ms")?,
-                    timeline,
-                },
-            );
-        }
-        for r in rows(
-            "backend",
-            "SELECT order_id, status, placed_at_ms, updated_at_ms FROM orders ORDER BY order_id",
-        )
-        .await?
-        {
-            s.orders.push(AcceptedOrder {
-                order_id: text(&r, "order_id")?,
-                status: text(&r, "status")?,
-                placed_at_ms: int(&r, "placed_at_ms")?,
-                updated_at_ms: int(&r, "updated_at_ms")?,
-            });
-        }
-        for service in crate::services() {
-            let r = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox")
-                .fetch_one(dbs[service].pool())
-                .await
-                .with_context(|| format!("reading the {service} outbox"))?;
-            s.outboxes.insert(
-                service.to_string(),
-                (int(&r, "n")?, r.try_get::<Option<i64>, _>("oldest")?),
-            );
-        }
-        Ok(s)
     }
 }
 
@@ -323,14 +308,9 @@ fn is_final(status: &str) -> bool {
     OrderStatus::parse(status).is_ok_and(|s| s.is_final())
 }
 
-/// The pure part: every invariant over one snapshot.
-fn check(
-    s: &Snapshot,
-    initial_credits: i64,
-    initial_stock: i64,
-    now: i64,
-    grace_ms: i64,
-) -> Report {
+/// The per-order invariants over one window (1, 4, 5, and the parts of 2 and 3 that are
+/// about one order), with its counts.
+fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
     let mut found: [Vec<Violation>; 5] = Default::default();
     let mut add = |invariant: usize, detail: String, orders: Vec<String>| {
         found[invariant - 1].push(Violation { detail, orders })
@@ -338,13 +318,13 @@ fn check(
     let old = |at_ms: i64| now - at_ms >= grace_ms;
     // A saga that is final and settled long enough for every store to agree with it.
     let settled = |order_id: &str| {
-        s.sagas
+        w.sagas
             .get(order_id)
             .filter(|saga| is_final(&saga.status) && old(saga.updated_at_ms))
     };
 
     let mut counts = OrderCounts::default();
-    for o in &s.orders {
+    for o in &w.orders {
         counts.accepted += 1;
         *counts.by_status.entry(o.status.clone()).or_default() += 1;
         if is_final(&o.status) {
@@ -352,7 +332,7 @@ fn check(
         } else {
             counts.in_flight += 1;
         }
-        let saga = s.sagas.get(&o.order_id);
+        let saga = w.sagas.get(&o.order_id);
         // 1: final, and the read model agrees with the saga.
         if !is_final(&o.status) && old(o.placed_at_ms) {
             let why = match saga {
@@ -383,7 +363,7 @@ fn check(
             );
         }
         // 5: an accepted order whose saga never started was dead-lettered, or it is lost.
-        if saga.is_none() && old(o.placed_at_ms) && !s.dead_lettered_orders.contains(&o.order_id) {
+        if saga.is_none() && old(o.placed_at_ms) && !w.dead_lettered_orders.contains(&o.order_id) {
             add(
                 5,
                 "accepted, but the manager never received it and no dead letter holds it".into(),
@@ -391,9 +371,9 @@ fn check(
             );
         }
     }
-    let accepted: HashSet<&str> = s.orders.iter().map(|o| o.order_id.as_str()).collect();
+    let accepted: HashSet<&str> = w.orders.iter().map(|o| o.order_id.as_str()).collect();
 
-    for (order_id, saga) in &s.sagas {
+    for (order_id, saga) in &w.sagas {
         if !accepted.contains(order_id.as_str()) && old(saga.updated_at_ms) {
             add(
                 5,
@@ -402,12 +382,12 @@ fn check(
             );
         }
         // 4: a step done (or failed, refused) twice means it ran twice.
-        let mut answers: HashMap<&str, usize> = HashMap::new();
+        let mut answers: BTreeMap<&str, usize> = BTreeMap::new();
         for (step, event) in &saga.timeline {
             if matches!(event.as_str(), "done" | "refused" | "failed") {
                 *answers.entry(step.as_str()).or_default() += 1;
             }
-            if event == "dead_lettered" && !s.dead_lettered_orders.contains(order_id) {
+            if event == "dead_lettered" && !w.dead_lettered_orders.contains(order_id) {
                 add(
                     5,
                     format!(
@@ -432,7 +412,7 @@ fn check(
             continue;
         };
         let success = saga.status == "SUCCESS";
-        if let Some((status, created)) = s.order_records.get(order_id)
+        if let Some((status, created)) = w.order_records.get(order_id)
             && *created
             && status != &saga.status
         {
@@ -445,8 +425,8 @@ fn check(
                 vec![order_id.clone()],
             );
         }
-        match s.payments.get(order_id) {
-            Some((_, _, status)) if (status == "CHARGED") != success => add(
+        match w.payments.get(order_id) {
+            Some(status) if (status == "CHARGED") != success => add(
                 2,
                 format!("payment is {status} but the order ended {}", saga.status),
                 vec![order_id.clone()],
@@ -458,8 +438,8 @@ fn check(
             ),
             _ => {}
         }
-        match s.reservations.get(order_id) {
-            Some((_, _, status)) if (status == "RESERVED") != success => add(
+        match w.reservations.get(order_id) {
+            Some(status) if (status == "RESERVED") != success => add(
                 3,
                 format!(
                     "reservation is {status} but the order ended {}",
@@ -474,7 +454,7 @@ fn check(
             ),
             _ => {}
         }
-        match s.deliveries.get(order_id) {
+        match w.deliveries.get(order_id) {
             Some(status) if (status == "SCHEDULED") != success => add(
                 4,
                 format!("delivery is {status} but the order ended {}", saga.status),
@@ -488,116 +468,470 @@ fn check(
             _ => {}
         }
     }
+    for violations in &mut found {
+        violations.sort_by(|a, b| a.orders.cmp(&b.orders).then(a.detail.cmp(&b.detail)));
+    }
+    Findings {
+        counts,
+        violations: found,
+    }
+}
 
-    // 2: each account's books balance (always: a debit and its payment row are one
-    // transaction), and no balance is negative.
-    let mut charged: HashMap<&str, (i64, Vec<String>)> = HashMap::new();
-    for (order_id, (username, amount, status)) in &s.payments {
-        let entry = charged.entry(username.as_str()).or_default();
-        if status == "CHARGED" {
-            entry.0 += amount;
-        }
-        entry.1.push(order_id.clone());
+/// "; the first 100 of its 523 orders listed" when `b` has more orders than it names.
+fn more_orders(b: &Books) -> String {
+    if b.order_count > b.orders.len() as i64 && !b.orders.is_empty() {
+        format!(
+            "; the first {} of its {} orders listed",
+            b.orders.len(),
+            b.order_count
+        )
+    } else {
+        String::new()
     }
-    for (username, credits, opening) in &s.accounts {
-        let opening = opening.unwrap_or(initial_credits);
-        let (charged, orders) = charged.remove(username.as_str()).unwrap_or_default();
-        if opening != credits + charged {
-            add(
-                2,
-                format!(
-                    "{username}: opened with {opening}, holds {credits}, charged {charged} net: \
-                     {} credits unaccounted for",
-                    opening - credits - charged
-                ),
-                orders,
-            );
-        }
-        if *credits < 0 {
-            add(2, format!("{username}: negative balance {credits}"), vec![]);
-        }
-    }
-    // A refund that came before its charge leaves a tombstone and no account: only money
-    // actually taken from a user without an account is a violation.
-    for (username, (charged, orders)) in charged {
+}
+
+/// 2, for one user: the books balance (always: a debit and its payment row are one
+/// transaction), and the balance is not negative. A refund that came before its charge
+/// leaves a tombstone and no account: only money actually taken from a user without an
+/// account is a violation.
+fn check_account(b: &Books, initial_credits: i64) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let name = &b.name;
+    let charged = b.taken;
+    let Some(credits) = b.held else {
         if charged != 0 {
-            add(
-                2,
-                format!("{charged} credits charged to {username}, who has no account"),
-                orders,
-            );
-        }
-    }
-
-    // 3: the same for stock.
-    let mut reserved: HashMap<&str, (i64, Vec<String>)> = HashMap::new();
-    for (order_id, (product, amount, status)) in &s.reservations {
-        let entry = reserved.entry(product.as_str()).or_default();
-        if status == "RESERVED" {
-            entry.0 += amount;
-        }
-        entry.1.push(order_id.clone());
-    }
-    for (product, stock, opening) in &s.products {
-        let opening = opening.unwrap_or(initial_stock);
-        let (reserved, orders) = reserved.remove(product.as_str()).unwrap_or_default();
-        if opening != stock + reserved {
-            add(
-                3,
-                format!(
-                    "{product}: stocked {opening}, holds {stock}, reserved {reserved} net: \
-                     {} units unaccounted for",
-                    opening - stock - reserved
+            found.push(Violation {
+                detail: format!(
+                    "{charged} credits charged to {name}, who has no account{}",
+                    more_orders(b)
                 ),
-                orders,
-            );
+                orders: b.orders.clone(),
+            });
         }
-        if *stock < 0 {
-            add(3, format!("{product}: negative stock {stock}"), vec![]);
-        }
+        return found;
+    };
+    let opening = b.opening.unwrap_or(initial_credits);
+    if opening != credits + charged {
+        found.push(Violation {
+            detail: format!(
+                "{name}: opened with {opening}, holds {credits}, charged {charged} net: \
+                 {} credits unaccounted for{}",
+                opening - credits - charged,
+                more_orders(b)
+            ),
+            orders: b.orders.clone(),
+        });
     }
+    if credits < 0 {
+        found.push(Violation {
+            detail: format!("{name}: negative balance {credits}"),
+            orders: vec![],
+        });
+    }
+    found
+}
 
-    // 5: messages that never left a service.
-    let mut outbox_backlog = BTreeMap::new();
-    for (service, (waiting, oldest)) in &s.outboxes {
-        outbox_backlog.insert(service.clone(), *waiting);
-        if let Some(oldest) = oldest
-            && old(*oldest)
-        {
-            add(
-                5,
-                format!(
+/// 3, for one product: the same for stock.
+fn check_product(b: &Books, initial_stock: i64) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let Some(stock) = b.held else {
+        return found;
+    };
+    let (product, reserved) = (&b.name, b.taken);
+    let opening = b.opening.unwrap_or(initial_stock);
+    if opening != stock + reserved {
+        found.push(Violation {
+            detail: format!(
+                "{product}: stocked {opening}, holds {stock}, reserved {reserved} net: \
+                 {} units unaccounted for{}",
+                opening - stock - reserved,
+                more_orders(b)
+            ),
+            orders: b.orders.clone(),
+        });
+    }
+    if stock < 0 {
+        found.push(Violation {
+            detail: format!("{product}: negative stock {stock}"),
+            orders: vec![],
+        });
+    }
+    found
+}
+
+/// 5: messages that never left a service. `outboxes`: service → (waiting messages, oldest
+/// created_at_ms).
+fn check_outboxes(
+    outboxes: &BTreeMap<String, (i64, Option<i64>)>,
+    now: i64,
+    grace_ms: i64,
+) -> Vec<Violation> {
+    outboxes
+        .iter()
+        .filter_map(|(service, (waiting, oldest))| {
+            let oldest = (*oldest).filter(|oldest| now - oldest >= grace_ms)?;
+            Some(Violation {
+                detail: format!(
                     "{waiting} message(s) in the {service} outbox, the oldest unpublished for {} s",
                     (now - oldest) / 1000
                 ),
-                vec![],
-            );
+                orders: vec![],
+            })
+        })
+        .collect()
+}
+
+// ---- reading the stores -----------------------------------------------------------------
+
+fn text(row: &AnyRow, column: &str) -> anyhow::Result<String> {
+    Ok(row.try_get::<String, _>(column)?)
+}
+
+fn int(row: &AnyRow, column: &str) -> anyhow::Result<i64> {
+    Ok(row.try_get::<i64, _>(column)?)
+}
+
+/// The part of a saga's state (`sagas.state`, JSON) the audit needs; the rest is skipped.
+#[derive(Deserialize)]
+struct StoredSaga {
+    #[serde(default)]
+    timeline: Vec<StoredEntry>,
+}
+
+#[derive(Deserialize)]
+struct StoredEntry {
+    #[serde(default)]
+    step: String,
+    #[serde(default)]
+    event: String,
+}
+
+/// Where each store's table keyed by order id is, downstream first and the backend last:
+/// an order that moves while a window is read is then seen final downstream no later than
+/// upstream, never the other way round.
+const BY_ORDER: [(&str, &str); 7] = [
+    ("dead-letter", "dead_letters"),
+    ("delivery", "deliveries"),
+    ("inventory", "reservations"),
+    ("payment", "payments"),
+    ("order", "orders"),
+    ("manager", "sagas"),
+    ("backend", "orders"),
+];
+
+/// `WHERE` for the order ids in `(lo, hi]` (None: unbounded), with its binds.
+fn in_window<'a>(lo: Option<&'a str>, hi: Option<&'a str>) -> (String, Vec<&'a str>) {
+    let mut clauses = vec!["order_id IS NOT NULL".to_string()];
+    let mut binds = Vec::new();
+    if let Some(lo) = lo {
+        binds.push(lo);
+        clauses.push(format!("order_id > ${}", binds.len()));
+    }
+    if let Some(hi) = hi {
+        binds.push(hi);
+        clauses.push(format!("order_id <= ${}", binds.len()));
+    }
+    (format!("WHERE {}", clauses.join(" AND ")), binds)
+}
+
+/// The stores, one pool each (a single connection: nothing else runs on it while a
+/// query streams).
+struct Stores {
+    pools: HashMap<&'static str, AnyPool>,
+}
+
+impl Stores {
+    async fn audit(&self, config: &Config, grace_ms: i64, window: usize) -> anyhow::Result<Report> {
+        let mut tally = Tally::default();
+        let dead_letters = self.dead_letter_counts().await?;
+
+        // The books first: a few of their violations are what matters most in invariants 2
+        // and 3 when many orders disagree.
+        self.books(
+            &mut tally,
+            2,
+            "payment",
+            ACCOUNTS_SQL,
+            ACCOUNT_ORDERS_SQL,
+            |b| check_account(b, config.initial_credits),
+        )
+        .await?;
+        self.books(
+            &mut tally,
+            2,
+            "payment",
+            UNOWNED_CHARGES_SQL,
+            ACCOUNT_ORDERS_SQL,
+            |b| check_account(b, config.initial_credits),
+        )
+        .await?;
+        self.books(
+            &mut tally,
+            3,
+            "inventory",
+            PRODUCTS_SQL,
+            PRODUCT_ORDERS_SQL,
+            |b| check_product(b, config.initial_stock),
+        )
+        .await?;
+
+        let mut lo: Option<String> = None;
+        loop {
+            let hi = self.window_end(lo.as_deref(), window).await?;
+            let w = self.window(lo.as_deref(), hi.as_deref()).await?;
+            tally.add(check_window(&w, now_ms(), grace_ms));
+            match hi {
+                Some(hi) => lo = Some(hi),
+                None => break,
+            }
         }
+        // The outboxes last: a reply written late (a step that timed out, then ran), while
+        // the windows were read, is then still waiting in its outbox, or already relayed.
+        let outboxes = self.outboxes().await?;
+        let now = now_ms();
+        for v in check_outboxes(&outboxes, now, grace_ms) {
+            tally.push(5, v);
+        }
+        let outbox_backlog = outboxes
+            .into_iter()
+            .map(|(service, (waiting, _))| (service, waiting))
+            .collect();
+        Ok(tally.report(now, grace_ms, dead_letters, outbox_backlog))
     }
 
-    let invariants: Vec<Invariant> = found
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut violations)| {
-            violations.sort_by(|a, b| a.orders.cmp(&b.orders).then(a.detail.cmp(&b.detail)));
-            Invariant {
-                id: i as u8 + 1,
-                name: NAMES[i].into(),
-                ok: violations.is_empty(),
-                violations,
+    async fn rows(
+        &self,
+        service: &str,
+        sql: String,
+        binds: &[&str],
+    ) -> anyhow::Result<Vec<AnyRow>> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for bind in binds {
+            query = query.bind(bind.to_string());
+        }
+        query
+            .fetch_all(&self.pools[service])
+            .await
+            .with_context(|| format!("reading the {service} store"))
+    }
+
+    /// The end of the window that starts after `lo`: the smallest of each store's
+    /// `window`-th order id after `lo`, so that no store has more than `window` rows in
+    /// it; None (open-ended) when every store has fewer.
+    async fn window_end(&self, lo: Option<&str>, window: usize) -> anyhow::Result<Option<String>> {
+        let (filter, binds) = in_window(lo, None);
+        let mut end: Option<String> = None;
+        for (service, table) in BY_ORDER {
+            let sql = format!(
+                "SELECT order_id FROM {table} {filter} ORDER BY order_id LIMIT 1 OFFSET {}",
+                window - 1
+            );
+            if let Some(row) = self.rows(service, sql, &binds).await?.first() {
+                let id = text(row, "order_id")?;
+                if end.as_ref().is_none_or(|end| &id < end) {
+                    end = Some(id);
+                }
             }
+        }
+        Ok(end)
+    }
+
+    /// Every store's rows with an order id in `(lo, hi]`.
+    async fn window(&self, lo: Option<&str>, hi: Option<&str>) -> anyhow::Result<Window> {
+        let (filter, binds) = in_window(lo, hi);
+        let rows = |service: &'static str, select: &str| {
+            self.rows(service, format!("{select} {filter}"), &binds)
+        };
+        let mut w = Window::default();
+        for r in rows("dead-letter", "SELECT DISTINCT order_id FROM dead_letters").await? {
+            w.dead_lettered_orders.insert(text(&r, "order_id")?);
+        }
+        for r in rows("delivery", "SELECT order_id, status FROM deliveries").await? {
+            w.deliveries
+                .insert(text(&r, "order_id")?, text(&r, "status")?);
+        }
+        for r in rows("inventory", "SELECT order_id, status FROM reservations").await? {
+            w.reservations
+                .insert(text(&r, "order_id")?, text(&r, "status")?);
+        }
+        for r in rows("payment", "SELECT order_id, status FROM payments").await? {
+            w.payments
+                .insert(text(&r, "order_id")?, text(&r, "status")?);
+        }
+        for r in rows("order", "SELECT order_id, status, created FROM orders").await? {
+            w.order_records.insert(
+                text(&r, "order_id")?,
+                (text(&r, "status")?, int(&r, "created")? == 1),
+            );
+        }
+        for r in rows(
+            "manager",
+            "SELECT order_id, status, phase, updated_at_ms, state FROM sagas",
+        )
+        .await?
+        {
+            let state: StoredSaga = serde_json::from_str(&text(&r, "state")?)
+                .context("a saga's state is not JSON with a timeline")?;
+            w.sagas.insert(
+                text(&r, "order_id")?,
+                SagaRow {
+                    status: text(&r, "status")?,
+                    phase: text(&r, "phase")?,
+                    updated_at_ms: int(&r, "updated_at_ms")?,
+                    timeline: state
+                        .timeline
+                        .into_iter()
+                        .map(|e| (e.step, e.event))
+                        .collect(),
+                },
+            );
+        }
+        for r in rows(
+            "backend",
+            "SELECT order_id, status, placed_at_ms, updated_at_ms FROM orders",
+        )
+        .await?
+        {
+            w.orders.push(AcceptedOrder {
+                order_id: text(&r, "order_id")?,
+                status: text(&r, "status")?,
+                placed_at_ms: int(&r, "placed_at_ms")?,
+                updated_at_ms: int(&r, "updated_at_ms")?,
+            });
+        }
+        Ok(w)
+    }
+
+    /// Streams the books `sql` sums in `service`'s store, checks each, and lists the
+    /// violations of the first [`LISTED`] that have any, each naming its first orders
+    /// (`orders_sql`, read once the stream is done: the store has one connection).
+    async fn books(
+        &self,
+        tally: &mut Tally,
+        invariant: u8,
+        service: &'static str,
+        sql: &'static str,
+        orders_sql: &'static str,
+        check: impl Fn(&Books) -> Vec<Violation>,
+    ) -> anyhow::Result<()> {
+        let pool = &self.pools[service];
+        let mut listed = Vec::new();
+        {
+            let mut rows = sqlx::query(sql).fetch(pool);
+            while let Some(r) = rows
+                .try_next()
+                .await
+                .with_context(|| format!("summing the {service} store's books"))?
+            {
+                let books = Books {
+                    name: text(&r, "name")?,
+                    held: r.try_get::<Option<i64>, _>("held")?,
+                    opening: r.try_get::<Option<i64>, _>("opening")?,
+                    taken: int(&r, "taken")?,
+                    order_count: int(&r, "order_count")?,
+                    orders: vec![],
+                };
+                let found = check(&books);
+                if found.is_empty() {
+                    continue;
+                }
+                if listed.len() < LISTED && tally.has_room(invariant) {
+                    listed.push(books);
+                } else {
+                    tally.unlisted(invariant, found.len());
+                }
+            }
+        }
+        for mut books in listed {
+            let sql = format!("{orders_sql} ORDER BY order_id LIMIT {BOOK_ORDERS}");
+            books.orders = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(books.name.clone())
+                .fetch_all(pool)
+                .await
+                .with_context(|| format!("reading the {service} store"))?
+                .iter()
+                .map(|r| text(r, "order_id"))
+                .collect::<anyhow::Result<_>>()?;
+            for v in check(&books) {
+                tally.push(invariant, v);
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter_counts(&self) -> anyhow::Result<DeadLetterCounts> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS total, COUNT(*) - COUNT(resolved_at_ms) AS open FROM dead_letters",
+        )
+        .fetch_one(&self.pools["dead-letter"])
+        .await
+        .context("reading the dead-letter store")?;
+        Ok(DeadLetterCounts {
+            open: int(&r, "open")?,
+            total: int(&r, "total")?,
         })
-        .collect();
-    Report {
-        ok: invariants.iter().all(|i| i.ok),
-        checked_at_ms: now,
-        grace_ms,
-        orders: counts,
-        dead_letters: s.dead_letters.clone(),
-        outbox_backlog,
-        invariants,
+    }
+
+    /// service → (waiting messages, oldest created_at_ms).
+    async fn outboxes(&self) -> anyhow::Result<BTreeMap<String, (i64, Option<i64>)>> {
+        let mut outboxes = BTreeMap::new();
+        for service in crate::services() {
+            let r = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox")
+                .fetch_one(&self.pools[service])
+                .await
+                .with_context(|| format!("reading the {service} outbox"))?;
+            outboxes.insert(
+                service.to_string(),
+                (int(&r, "n")?, r.try_get::<Option<i64>, _>("oldest")?),
+            );
+        }
+        Ok(outboxes)
     }
 }
+
+/// Each account with the sums of its payments: one statement, so an account and its
+/// payments (written in one transaction) are read consistently. PostgreSQL sums BIGINT
+/// as NUMERIC: hence the casts.
+const ACCOUNTS_SQL: &str = "\
+    SELECT a.username AS name, a.credits AS held, a.opening_credits AS opening,
+           COALESCE(p.taken, 0) AS taken, COALESCE(p.order_count, 0) AS order_count
+    FROM accounts a LEFT JOIN (
+        SELECT username,
+               CAST(SUM(CASE WHEN status = 'CHARGED' THEN amount ELSE 0 END) AS BIGINT) AS taken,
+               COUNT(*) AS order_count
+        FROM payments GROUP BY username
+    ) p ON p.username = a.username
+    ORDER BY a.username";
+
+/// The payments of users who have no account.
+const UNOWNED_CHARGES_SQL: &str = "\
+    SELECT p.username AS name, CAST(NULL AS BIGINT) AS held, CAST(NULL AS BIGINT) AS opening,
+           CAST(SUM(CASE WHEN p.status = 'CHARGED' THEN p.amount ELSE 0 END) AS BIGINT) AS taken,
+           COUNT(*) AS order_count
+    FROM payments p
+    WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.username = p.username)
+    GROUP BY p.username
+    ORDER BY p.username";
+
+/// A user's orders (the first [`BOOK_ORDERS`] by id are read).
+const ACCOUNT_ORDERS_SQL: &str = "SELECT order_id FROM payments WHERE username = $1";
+
+/// Each product with the sums of its reservations.
+const PRODUCTS_SQL: &str = "\
+    SELECT pr.product AS name, pr.stock AS held, pr.opening_stock AS opening,
+           COALESCE(r.taken, 0) AS taken, COALESCE(r.order_count, 0) AS order_count
+    FROM products pr LEFT JOIN (
+        SELECT product,
+               CAST(SUM(CASE WHEN status = 'RESERVED' THEN amount ELSE 0 END) AS BIGINT) AS taken,
+               COUNT(*) AS order_count
+        FROM reservations GROUP BY product
+    ) r ON r.product = pr.product
+    ORDER BY pr.product";
+
+/// A product's orders (the first [`BOOK_ORDERS`] by id are read).
+const PRODUCT_ORDERS_SQL: &str = "SELECT order_id FROM reservations WHERE product = $1";
+
+// ---- the route --------------------------------------------------------------------------
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

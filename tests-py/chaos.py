@@ -458,7 +458,9 @@ def violations(report: dict) -> list[str]:
     for inv in report["invariants"]:
         for v in inv.get("violations", []):
             out.append(f"invariant {inv['id']} ({inv['name']}): {v.get('detail')} orders={v.get('orders', [])[:10]}")
-        if not inv["ok"] and not inv.get("violations"):
+        if inv.get("unlisted"):
+            out.append(f"invariant {inv['id']} ({inv['name']}): {inv['unlisted']} more violation(s) not listed")
+        if not inv["ok"] and not inv.get("violations") and not inv.get("unlisted"):
             out.append(f"invariant {inv['id']} ({inv['name']}) not ok, no violation listed")
     return out
 
