@@ -204,30 +204,58 @@ impl BatchHandler for AlwaysTransient {
     }
 }
 
-/// A queue declared the marketplace's way (it dead-letters to the dead-letter queue), with
-/// one message on it, consumed by `consume` until the message leaves it; returns the
+/// A queue declared the marketplace's way (it dead-letters to the dead-letter queue) on a
+/// vhost of its own, with one message on it, and a broker supervisor to consume it.
+struct Rig {
+    _vhost: Vhost,
+    shutdown: Shutdown,
+    broker: Broker,
+    conn: lapin::Connection,
+    channel: Channel,
+}
+
+impl Rig {
+    async fn with_one_message(message_id: &str) -> Rig {
+        common::telemetry::init("test");
+        let vhost = Vhost::create();
+        let shutdown = Shutdown::new();
+        let broker = Broker::start(&vhost.amqp_url(), "poison-test", shutdown.clone());
+        let (conn, channel) = confirming_channel(&vhost).await;
+        // The marketplace's topology, so that the dead-letter queue exists and is bound.
+        bus::declare_topology(&conn).await.unwrap();
+        channel
+            .queue_declare(
+                QUEUE.into(),
+                QueueDeclareOptions::durable(),
+                bus::queue_arguments(true),
+            )
+            .await
+            .unwrap();
+        publish(&channel, "", QUEUE, message_id, b"{}").await;
+        Rig {
+            _vhost: vhost,
+            shutdown,
+            broker,
+            conn,
+            channel,
+        }
+    }
+}
+
+/// The queue of a [`Rig`] consumed by `consume` until its message leaves it; returns the
 /// handler's attempts and what the dead-letter queue then holds.
 async fn run_until_dead_lettered<C, F>(consume: C) -> (u32, Option<lapin::message::BasicGetMessage>)
 where
     C: FnOnce(Broker, Arc<AlwaysTransient>, Shutdown) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    common::telemetry::init("test");
-    let vhost = Vhost::create();
-    let shutdown = Shutdown::new();
-    let broker = Broker::start(&vhost.amqp_url(), "poison-test", shutdown.clone());
-    let (conn, channel) = confirming_channel(&vhost).await;
-    // The marketplace's topology, so that the dead-letter queue exists and is bound.
-    bus::declare_topology(&conn).await.unwrap();
-    channel
-        .queue_declare(
-            QUEUE.into(),
-            QueueDeclareOptions::durable(),
-            bus::queue_arguments(true),
-        )
-        .await
-        .unwrap();
-    publish(&channel, "", QUEUE, "always-transient", b"{}").await;
+    let Rig {
+        _vhost,
+        shutdown,
+        broker,
+        conn,
+        channel,
+    } = Rig::with_one_message("always-transient").await;
     let handler = Arc::new(AlwaysTransient::default());
     let consumer = tokio::spawn(consume(broker, handler.clone(), shutdown.clone()));
     let mut letter = None;
@@ -331,21 +359,13 @@ impl Handler for DatabaseAway {
 /// the bound, and the message is handled once the database is back, not dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_longer_than_the_bound_is_waited_out_not_dead_lettered() {
-    common::telemetry::init("test");
-    let vhost = Vhost::create();
-    let shutdown = Shutdown::new();
-    let broker = Broker::start(&vhost.amqp_url(), "poison-test", shutdown.clone());
-    let (conn, channel) = confirming_channel(&vhost).await;
-    bus::declare_topology(&conn).await.unwrap();
-    channel
-        .queue_declare(
-            QUEUE.into(),
-            QueueDeclareOptions::durable(),
-            bus::queue_arguments(true),
-        )
-        .await
-        .unwrap();
-    publish(&channel, "", QUEUE, "outage", b"{}").await;
+    let Rig {
+        _vhost,
+        shutdown,
+        broker,
+        conn,
+        channel,
+    } = Rig::with_one_message("outage").await;
     let outage = bus::MAX_TRANSIENT_ATTEMPTS + 1;
     let handler = Arc::new(DatabaseAway {
         outage,
