@@ -120,7 +120,7 @@ async fn with_a_token_none_is_401_a_wrong_one_403_and_the_right_one_passes() {
     )
     .await;
     final_order(&m.base_url, &order_id, std::time::Duration::from_secs(10)).await;
-    let conn = amqp_connection_to(&format!("{}", m._vhost.amqp_url())).await;
+    let conn = amqp_connection_to(&m._vhost.amqp_url()).await;
     let channel = conn.create_channel().await.unwrap();
     channel.confirm_select(Default::default()).await.unwrap();
     channel
