@@ -604,6 +604,7 @@ fn check(
 pub struct AuditQuery {
     /// Orders and messages younger than this (ms) are in flight, not violations.
     /// Default 60000; 0 after quiescence.
+    #[param(minimum = 0)]
     pub grace_ms: Option<i64>,
 }
 
@@ -644,7 +645,7 @@ pub fn router(config: Config) -> Router {
         (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
         (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "The audit, with any violations", body = Report),
-        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 400, description = "A parameter is invalid or repeated", body = ErrorBody),
         (status = 429, description = "Another audit is running; retry after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A store could not be read", body = ErrorBody),

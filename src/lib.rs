@@ -101,10 +101,29 @@ pub async fn serve(
         router = router.merge(api);
     }
     let metrics = common::metrics::for_instance(&config.amqp_url);
-    router = router.merge(health::router(
-        services.iter().map(|s| s.readiness.clone()).collect(),
-        metrics.clone(),
-    ));
+    let readiness: Vec<_> = services.iter().map(|s| s.readiness.clone()).collect();
+    router = router.merge(health::probes(readiness.clone()));
+    // /metrics beside the API, or on a listener of its own (a scrape network).
+    let metrics_http = match config.metrics_addr {
+        None => {
+            router = router.merge(health::metrics_router(readiness, metrics.clone()));
+            None
+        }
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("METRICS_ADDR={addr}: cannot listen"))?;
+            tracing::info!(addr = %addr, "metrics listening");
+            let app = health::metrics_router(readiness, metrics.clone());
+            // The same timeouts and connection bound as the API's listener.
+            Some(tokio::spawn(common::http_server::serve(
+                listener,
+                app,
+                config.http.clone(),
+                shutdown.clone(),
+            )))
+        }
+    };
     // The bound on requests in flight and the body timeout, inside the metrics layer so
     // that their refusals are counted like any answer.
     let router = common::http_server::limit_requests(router, &config.http);
@@ -130,6 +149,9 @@ pub async fn serve(
     shutdown.cancelled().await;
     let drain = async {
         let _ = http.await;
+        if let Some(metrics_http) = metrics_http {
+            let _ = metrics_http.await;
+        }
         futures::future::join_all(services.into_iter().map(|s| s.task)).await;
     };
     match tokio::time::timeout(config.shutdown_timeout, drain).await {

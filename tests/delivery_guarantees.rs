@@ -350,3 +350,32 @@ async fn the_supervisor_reconnects_and_declares_the_topology_again() {
     rig.shutdown.cancel();
     relay.await.unwrap();
 }
+
+/// The inbox forgets ids older than its retention, in pieces, and keeps the rest: it is
+/// bounded by time, not by the number of orders ever handled.
+#[tokio::test]
+async fn the_inbox_forgets_ids_older_than_its_retention_and_keeps_the_rest() {
+    let vhost = Vhost::create();
+    let rig = Rig::start(&vhost).await;
+    let now = common::time::now_ms();
+    let old = now - common::inbox::RETENTION.as_millis() as i64 - 1;
+    // More old rows than one pruning statement takes.
+    for i in 0..12_000 {
+        let at = if i % 1_000 == 999 { now } else { old };
+        sqlx::query("INSERT INTO inbox (message_id, received_at_ms) VALUES ($1, $2)")
+            .bind(format!("m{i}"))
+            .bind(at)
+            .execute(rig.db.pool())
+            .await
+            .unwrap();
+    }
+    let cutoff = now - common::inbox::RETENTION.as_millis() as i64;
+    let forgotten = common::inbox::forget_before(&rig.db, cutoff).await.unwrap();
+    assert_eq!(forgotten, 12_000 - 12);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+        .fetch_one(rig.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 12);
+    rig.shutdown.cancel();
+}

@@ -239,3 +239,23 @@ async fn the_spec_declares_the_bearer_scheme_on_operator_routes() {
     assert_eq!(grace["required"], json!(false));
     m.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    let port = free_port();
+    let m = InProcess::start(&[("METRICS_ADDR", format!("127.0.0.1:{port}"))]).await;
+    let on_api = client()
+        .get(format!("{}/metrics", m.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_api.status(), StatusCode::NOT_FOUND);
+    let scraped = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(scraped.text().await.unwrap().contains("marketplace_"));
+    m.stop().await.unwrap();
+}

@@ -11,7 +11,7 @@ use common::{
     messages::{Event, Step, TimelineEntry},
 };
 use serde_json::json;
-use support::{order_updated, spawn_app, terms};
+use support::{order_updated, spawn_app, spawn_app_with, terms};
 
 #[tokio::test]
 async fn an_older_update_delivered_after_a_newer_one_does_not_regress_the_order() {
@@ -42,6 +42,35 @@ async fn an_older_update_delivered_after_a_newer_one_does_not_regress_the_order(
     assert_eq!(order.body["status"], "SUCCESS");
     assert_eq!(order.body["phase"], "done");
     assert_eq!(order.body["timeline"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn all_transaction_answers_the_newest_orders_up_to_its_limit_oldest_first() {
+    let app = spawn_app_with(&[("ALL_TRANSACTION_LIMIT", "2")]).await;
+    let mut ids = Vec::new();
+    for user in ["ann", "bob", "cid"] {
+        let t = terms(user, 1, 1);
+        let id = app.buy(user, 1, 1).await;
+        app.project(Event::OrderUpdated(order_updated(
+            id,
+            &t,
+            OrderStatus::Success,
+            "done",
+            true,
+            4,
+        )))
+        .await;
+        ids.push(id.to_string());
+    }
+    let listed = app.get("/api/all-transaction").await.body;
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    // The compatibility contract reads the last element: it is still the newest order.
+    assert_eq!(listed, [ids[1].as_str(), ids[2].as_str()]);
 }
 
 #[tokio::test]

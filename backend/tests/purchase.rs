@@ -153,6 +153,9 @@ async fn malformed_json_is_400_and_writes_nothing() {
         "",
         "[]",
         "\"purchase\"",
+        // One value per key: the last would win, unseen by whoever read the first.
+        r#"{"username": "bob", "price": 1, "amount": 1, "kill_payment": false, "kill_payment": true}"#,
+        r#"{"username": "bob", "username": "alice", "price": 1, "amount": 1}"#,
     ] {
         let r = app
             .request(
@@ -184,6 +187,11 @@ async fn an_invalid_field_is_422_naming_it_and_writes_nothing() {
         ("username", Some(json!(""))),
         ("username", Some(json!("x".repeat(65)))),
         ("username", Some(json!("bob\u{0}"))),
+        ("username", Some(json!("alice\u{200b}"))),
+        ("username", Some(json!("\u{feff}alice"))),
+        ("username", Some(json!("ali\u{202e}ecil"))),
+        ("username", Some(json!(" alice"))),
+        ("username", Some(json!("alice "))),
         ("kill_payment", Some(json!("yes"))),
         ("timeout_deliver", Some(json!(1))),
     ];

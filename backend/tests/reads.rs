@@ -117,24 +117,25 @@ async fn the_status_filter_keeps_only_that_status() {
 }
 
 #[tokio::test]
-async fn bad_list_parameters_are_422_naming_them() {
+async fn bad_list_parameters_are_400_naming_them_as_on_every_list() {
     let app = spawn_app().await;
     for (query, field) in [
         ("status=NOT_A_STATUS", "status"),
+        ("status=", "status"),
         ("limit=-1", "limit"),
         ("limit=0", "limit"),
         ("limit=201", "limit"),
         ("limit=many", "limit"),
+        ("limit=", "limit"),
         ("cursor=%25%25%25garbage", "cursor"),
+        ("cursor=", "cursor"),
     ] {
         let r = app.get(&format!("/api/orders?{query}")).await;
-        assert_error(
-            &r,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            Some(field),
-        );
+        assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", Some(field));
     }
+    // A repeated parameter is ambiguous: refused too.
+    let r = app.get("/api/orders?limit=1&limit=2").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", None);
 }
 
 #[tokio::test]
@@ -291,4 +292,21 @@ async fn the_docs_serve_swagger_ui_and_an_openapi_document_of_every_path() {
             assert_eq!(schema, "#/components/schemas/ApiError", "{method} {path}");
         }
     }
+    // The bounds the server enforces are in the document.
+    let request = &spec.body["components"]["schemas"]["PurchaseRequest"]["properties"];
+    assert_eq!(
+        request["username"]["pattern"],
+        common::domain::username_pattern()
+    );
+    assert_eq!(request["username"]["maxLength"], 64);
+    assert_eq!(request["price"]["minimum"], 0);
+    assert_eq!(request["amount"]["minimum"], 1);
+    let list = spec.body["paths"]["/api/orders"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let status = list.iter().find(|p| p["name"] == "status").unwrap();
+    assert!(
+        status["schema"].to_string().contains("OrderStatus"),
+        "{status}"
+    );
 }

@@ -36,7 +36,9 @@ use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, config::redact, outbox::Pending, shutdown::Shutdown, topology};
 
 mod batch;
+mod transient;
 pub use batch::{BatchHandler, BatchOptions, consume_batches};
+pub use transient::{is_transient, sqlx_is_transient};
 
 /// A supervised connection to RabbitMQ. Cheap to clone.
 #[derive(Clone)]
@@ -640,7 +642,7 @@ fn publish_span(service: &str, m: &Pending) -> Span {
 /// Runs a handler inside a consumer span (messaging semantic conventions), child of the
 /// publish span whose context the message carries in its headers (a dead letter keeps the
 /// headers of the message it was). One span per attempt: a transient failure retried in
-/// place shows as several.
+/// place shows as several (the last one, once the retries are spent, is rejected).
 struct Traced<H> {
     inner: Arc<H>,
     service: Arc<str>,
@@ -654,6 +656,10 @@ impl<H: Handler> Handler for Traced<H> {
         let result = telemetry::FutureExt::with_context(work, span.context().clone()).await;
         match &result {
             Ok(()) => {}
+            // Not rejected where nothing dead-letters: see `process_alone`.
+            Err(HandlerError::Permanent(e)) if !topology::dead_letters(self.queue) => {
+                span.set_error(format!("permanent, retried in place: {e:#}"))
+            }
             Err(HandlerError::Permanent(e)) => {
                 {
                     // Logged here, in the message's trace, so the line carries its ids.
@@ -782,10 +788,12 @@ pub fn header_i64(props: &BasicProperties, name: &str) -> Option<i64> {
     }
 }
 
-/// Why a handler did not finish. The kind alone decides what happens to the message.
+/// Why a handler did not finish. The kind alone decides what happens to the message;
+/// [`HandlerError::classify`] tells the kinds of an error apart by what it is.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Might work later (database or broker unavailable): retried in place with backoff.
+    /// Might work later (database or broker unavailable, a saga moving under it): retried
+    /// in place with backoff, up to [`MAX_TRANSIENT_ATTEMPTS`], then rejected.
     #[error("transient: {0:#}")]
     Transient(anyhow::Error),
     /// Will never work (undecodable, invalid): rejected, so it goes to the dead-letter store.
@@ -795,7 +803,7 @@ pub enum HandlerError {
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Transient(e.into())
+        HandlerError::classify(e)
     }
 }
 
@@ -910,8 +918,27 @@ async fn process<H: Handler>(
     process_alone(msg, acker, handler, queue, shutdown, counters).await
 }
 
+/// Attempts a message gets in place before a transient failure is taken for good: the
+/// handler runs this many times, with [`RETRY_FIRST`] to [`RETRY_CAP`] backoff between the
+/// attempts, which waits 2.6 to 5.2 s in all (ceilings of 50, 100, 200, 400, 800, 1600 and
+/// 2000 ms, each delay between half its ceiling and the ceiling). Attempts that themselves
+/// wait on the database (SQLite's 5 s busy timeout, a pool's acquire timeout) add their own
+/// time. Enough to ride out a lock, a deadlock or a dropped connection; a message still
+/// failing after it is rejected to the dead-letter store, where it can be replayed, instead
+/// of holding its prefetch slot (in a batch consumer, the queue) for good.
+pub const MAX_TRANSIENT_ATTEMPTS: u32 = 8;
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
 /// Handles one message until it is acked, rejected or requeued: transient failures are
-/// retried in place with backoff, permanent ones rejected to the dead-letter store.
+/// retried in place with backoff up to [`MAX_TRANSIENT_ATTEMPTS`], permanent ones and those
+/// that outlast the bound rejected to the dead-letter store.
+///
+/// A queue that dead-letters nowhere (the dead-letter store's own) never gives a message
+/// up: rejected, it would be dropped; requeued, it would come straight back (a quorum queue
+/// returns it near its head) and, on RabbitMQ 4, count towards the default delivery limit
+/// past which a queue without a dead-letter exchange drops it. There every failure is
+/// retried in place, with the same backoff, until it succeeds or the service stops.
 async fn process_alone<H: Handler>(
     msg: Incoming,
     acker: lapin::Acker,
@@ -920,13 +947,14 @@ async fn process_alone<H: Handler>(
     shutdown: Shutdown,
     counters: ConsumerMetrics,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_CAP);
     // A message without an id cannot be deduplicated: it is rejected to the dead-letter
     // store, where the queue has one. A queue that dead-letters nowhere (the store's own)
     // would drop it instead, so its handler gets it and must cope (the store makes one up).
-    let reject_without_id = topology::dead_letters(queue);
+    let can_reject = topology::dead_letters(queue);
+    let mut attempts = 0;
     loop {
-        let outcome = if msg.message_id.is_empty() && reject_without_id {
+        let outcome = if msg.message_id.is_empty() && can_reject {
             tracing::error!(
                 queue,
                 "rejecting a message without message_id to the dead-letter store"
@@ -952,7 +980,7 @@ async fn process_alone<H: Handler>(
                 }
             }
         };
-        match outcome {
+        let error = match outcome {
             Ok(()) => {
                 counters.ok.inc();
                 if let Err(e) = acker.ack(BasicAckOptions::default()).await {
@@ -960,26 +988,41 @@ async fn process_alone<H: Handler>(
                 }
                 return;
             }
-            Err(HandlerError::Permanent(_)) => {
-                counters.permanent.inc();
-                let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
-                return;
-            }
-            Err(HandlerError::Transient(e)) => {
-                counters.transient.inc();
-                if shutdown.is_cancelled() {
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                    return;
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(queue, id = %msg.message_id, error = %format!("{e:#}"), ?delay, "transient failure; retrying");
-                tokio::time::sleep(delay).await;
-            }
+            Err(e) => e,
+        };
+        // A database that cannot be reached is an outage of the service, not a fault of
+        // the message: it is waited out, however long, and counts no attempt.
+        if !matches!(&error, HandlerError::Transient(e) if transient::is_unavailable(e)) {
+            attempts += 1;
         }
+        let for_good = match &error {
+            HandlerError::Permanent(_) => true,
+            HandlerError::Transient(_) => attempts >= MAX_TRANSIENT_ATTEMPTS,
+        };
+        if for_good && can_reject {
+            counters.permanent.inc();
+            if let HandlerError::Transient(e) = &error {
+                // A permanent failure was logged in the message's span (see `Traced`).
+                tracing::error!(queue, id = %msg.message_id, attempts, error = %format!("{e:#}"), "still failing after the bounded retries; rejecting the message to the dead-letter store");
+            }
+            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+        counters.transient.inc();
+        if shutdown.is_cancelled() {
+            let _ = acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+        if attempts == MAX_TRANSIENT_ATTEMPTS && !can_reject {
+            tracing::error!(queue, id = %msg.message_id, attempts, error = %format!("{error:#}"), "still failing, and this queue dead-letters nowhere; retrying in place until it succeeds");
+        }
+        let delay = backoff.next_delay();
+        tracing::warn!(queue, id = %msg.message_id, error = %format!("{error:#}"), ?delay, "failed; retrying");
+        tokio::time::sleep(delay).await;
     }
 }

@@ -55,6 +55,9 @@ pub struct Config {
     pub admin_token: crate::operator::AdminToken,
     /// The most orders `GET /api/all-transaction` returns (the newest, oldest first).
     pub all_transaction_limit: i64,
+    /// Where `/metrics` is served instead of `http_addr` (a scrape network); None: beside
+    /// the API.
+    pub metrics_addr: Option<SocketAddr>,
     /// Timeouts and bounds of the HTTP listener (`HTTP_*`; see `http_server`).
     pub http: crate::http_server::Limits,
     /// Purchases per second per client address, with a burst (`PURCHASE_RATE_LIMIT`,
@@ -138,6 +141,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "ADMIN_TOKEN_FILE",
         "(unset)",
         "a file holding ADMIN_TOKEN (a mounted Kubernetes Secret)",
+    ),
+    (
+        "METRICS_ADDR",
+        "(unset: on HTTP_ADDR)",
+        "a listen address of its own for /metrics (e.g. a scrape network); then HTTP_ADDR has none",
     ),
     (
         "ALL_TRANSACTION_LIMIT",
@@ -293,6 +301,13 @@ impl Config {
         let admin_token = admin_token(var("ADMIN_TOKEN"), var("ADMIN_TOKEN_FILE"))?;
         let all_transaction_limit =
             positive("ALL_TRANSACTION_LIMIT", var("ALL_TRANSACTION_LIMIT"), 1000)?;
+        let metrics_addr = var("METRICS_ADDR")
+            .map(|v| {
+                v.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| err("METRICS_ADDR", &v, &e.to_string()))
+            })
+            .transpose()?;
         let http = http_limits(&var)?;
         let purchase_rate_limit =
             rate_limit(var("PURCHASE_RATE_LIMIT"), var("PURCHASE_RATE_BURST"))?;
@@ -314,6 +329,7 @@ impl Config {
             max_backlog,
             admin_token,
             all_transaction_limit,
+            metrics_addr,
             http,
             purchase_rate_limit,
         })
@@ -570,6 +586,8 @@ mod tests {
             ("IDEMPOTENCY_KEY_TTL_MS", "a day"),
             ("MAX_SAGAS_IN_FLIGHT", "0"),
             ("MAX_BACKLOG", "many"),
+            ("METRICS_ADDR", "metrics"),
+            ("ALL_TRANSACTION_LIMIT", "0"),
             ("HTTP_HEADER_TIMEOUT_MS", "0"),
             ("HTTP_BODY_TIMEOUT_MS", "-1"),
             ("HTTP_IDLE_TIMEOUT_MS", "1m"),

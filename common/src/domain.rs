@@ -55,17 +55,88 @@ impl fmt::Display for OrderId {
     }
 }
 
-/// A buyer's name: 1 to 64 characters, none of them control characters.
+/// A buyer's name: 1 to 64 characters, NFC, no control or format characters, no whitespace
+/// at either end (see [`Username::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Username(String);
 
+/// Characters of the Basic Multilingual Plane a username may not hold anywhere: control
+/// characters (Cc) and format characters (Cf), as inclusive ranges. A test holds this
+/// table to the Unicode data the check uses.
+const REFUSED_BMP: &[(char, char)] = &[
+    ('\u{0}', '\u{1f}'),
+    ('\u{7f}', '\u{9f}'),
+    ('\u{ad}', '\u{ad}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{6dd}', '\u{6dd}'),
+    ('\u{70f}', '\u{70f}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8e2}', '\u{8e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{202a}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+];
+
+/// Whitespace (not already refused as a control character) a username may not start or
+/// end with.
+const EDGE_WHITESPACE: &[(char, char)] = &[
+    (' ', ' '),
+    ('\u{a0}', '\u{a0}'),
+    ('\u{1680}', '\u{1680}'),
+    ('\u{2000}', '\u{200a}'),
+    ('\u{2028}', '\u{2029}'),
+    ('\u{202f}', '\u{202f}'),
+    ('\u{205f}', '\u{205f}'),
+    ('\u{3000}', '\u{3000}'),
+];
+
+/// The OpenAPI `pattern` of a username, written with `\uXXXX` escapes only, so that it
+/// means the same to ECMAScript and to Python. It covers the Basic Multilingual Plane;
+/// the few format characters beyond it (tags, for one) are refused too, and documented.
+pub fn username_pattern() -> String {
+    let class = |ranges: &[(char, char)]| -> String {
+        ranges
+            .iter()
+            .map(|&(a, b)| {
+                let esc = |c: char| format!("\\u{:04x}", u32::from(c));
+                if a == b {
+                    esc(a)
+                } else {
+                    format!("{}-{}", esc(a), esc(b))
+                }
+            })
+            .collect()
+    };
+    let refused = class(REFUSED_BMP);
+    let edge = format!("{refused}{}", class(EDGE_WHITESPACE));
+    format!("^[^{edge}](?:[^{refused}]*[^{edge}])?$")
+}
+
 impl Username {
     pub const MAX_CHARS: usize = 64;
 
+    /// A username as stored and compared: NFC-normalised, so that two spellings of one
+    /// name (a precomposed `é` or `e` + a combining accent) are one account. Refused: empty,
+    /// longer than [`Self::MAX_CHARS`], control characters, Unicode format characters
+    /// (bidi overrides, zero-width spaces and joiners, byte-order marks: they make two
+    /// different accounts look the same, or one look like another), and whitespace at
+    /// either end.
     pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
         let s = s.into();
+        // Counted as sent, as the OpenAPI document's maxLength counts.
         let chars = s.chars().count();
+        let s = match is_nfc_quick(s.chars()) {
+            IsNormalized::Yes => s,
+            _ => s.nfc().collect(),
+        };
         if s.trim().is_empty() {
             return Err(InvalidValue::new("username", "must not be empty"));
         }
@@ -82,6 +153,24 @@ impl Username {
             return Err(InvalidValue::new(
                 "username",
                 "must not contain control characters",
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.general_category() == GeneralCategory::Format)
+        {
+            return Err(InvalidValue::new(
+                "username",
+                format!(
+                    "must not contain invisible format characters (U+{:04X})",
+                    u32::from(c)
+                ),
+            ));
+        }
+        if s.trim() != s {
+            return Err(InvalidValue::new(
+                "username",
+                "must not start or end with whitespace",
             ));
         }
         Ok(Self(s))
@@ -229,7 +318,7 @@ impl OrderTerms {
 pub const PRODUCT: &str = "late_token";
 
 /// An order's status as the compatibility contract names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Processing,
@@ -282,6 +371,52 @@ impl fmt::Display for OrderStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_refused_tables_are_the_unicode_control_format_and_whitespace_characters() {
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+        let within =
+            |ranges: &[(char, char)], c: char| ranges.iter().any(|&(a, b)| a <= c && c <= b);
+        // A range of chars skips the surrogates by itself.
+        for c in '\u{0}'..='\u{ffff}' {
+            let refused = c.is_control() || c.general_category() == GeneralCategory::Format;
+            assert_eq!(within(REFUSED_BMP, c), refused, "U+{:04X}", u32::from(c));
+            let edge = c.is_whitespace() && !c.is_control();
+            assert_eq!(within(EDGE_WHITESPACE, c), edge, "U+{:04X}", u32::from(c));
+        }
+        let p = username_pattern();
+        assert!(
+            p.starts_with("^[^\\u0000-\\u001f") && p.ends_with("])?$"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn username_is_nfc_and_refuses_invisible_and_edge_whitespace() {
+        // One name, two spellings: one account.
+        let composed = Username::parse("jos\u{e9}").unwrap();
+        let decomposed = Username::parse("jose\u{301}").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.as_str(), "jos\u{e9}");
+        for (name, code) in [
+            ("alice\u{200b}", "U+200B"),
+            ("\u{feff}alice", "U+FEFF"),
+            ("ali\u{202e}ecil", "U+202E"),
+            ("al\u{200d}ice", "U+200D"),
+            ("al\u{2066}ice", "U+2066"),
+            ("al\u{ad}ice", "U+00AD"),
+        ] {
+            let e = Username::parse(name).unwrap_err();
+            assert!(e.to_string().starts_with("username: "), "{e}");
+            assert!(e.to_string().contains(code), "{name:?}: {e}");
+        }
+        for name in [" alice", "alice ", "alice\u{3000}", "\u{a0}alice"] {
+            let e = Username::parse(name).unwrap_err();
+            assert!(e.to_string().contains("whitespace"), "{name:?}: {e}");
+        }
+        assert!(Username::parse("alice smith").is_ok());
+        assert!(Username::parse("Zoë 山田").is_ok());
+    }
 
     #[test]
     fn username_refuses_empty_long_and_control_characters() {

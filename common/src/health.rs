@@ -1,5 +1,6 @@
 //! `/healthz` (the process answers), `/readyz` (RabbitMQ and the database answer) and
-//! `/metrics` (Prometheus text), on every target.
+//! `/metrics` (Prometheus text), on every target; `/metrics` on a listener of its own when
+//! `METRICS_ADDR` is set.
 
 use std::sync::Arc;
 
@@ -14,11 +15,23 @@ use serde_json::{Map, Value, json};
 
 use crate::{metrics::Metrics, service::Readiness};
 
+/// The probes and `/metrics`, for one listener.
 pub fn router(services: Vec<Readiness>, metrics: Arc<Metrics>) -> Router {
+    probes(services.clone()).merge(metrics_router(services, metrics))
+}
+
+/// `/healthz` and `/readyz`.
+pub fn probes(services: Vec<Readiness>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .with_state(services.clone())
+        .with_state(services)
+}
+
+/// `/metrics` alone: what a listener of its own (`METRICS_ADDR`, on a scrape network)
+/// serves.
+pub fn metrics_router(services: Vec<Readiness>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
         .route("/metrics", get(serve_metrics))
         .with_state((services, metrics))
 }

@@ -19,6 +19,7 @@ pub mod rate_limit;
 pub mod room;
 pub mod service;
 pub mod shutdown;
+pub mod strict_json;
 pub mod telemetry;
 pub mod time;
 pub mod topology;

@@ -62,7 +62,8 @@ pub struct Metrics {
     pub dead_letters_open: IntGaugeVec,
     /// Deliveries that were not the first (redelivered flag or x-delivery-count > 0).
     pub redeliveries: IntCounterVec,
-    /// Handler outcomes by queue: ok (acked), transient (retried), permanent (rejected).
+    /// Handler outcomes by queue: ok (acked), transient (retried), permanent (rejected: failed
+    /// for good, or still failing once its retries are spent).
     pub consumed: IntCounterVec,
     /// HTTP requests by method, route template and status.
     pub http_requests: IntCounterVec,

@@ -5,7 +5,7 @@ use std::{future::Future, pin::Pin};
 
 use tokio::task::JoinHandle;
 
-use crate::{bus::Broker, db::Db, outbox, shutdown::Shutdown};
+use crate::{bus::Broker, db::Db, inbox, outbox, shutdown::Shutdown};
 
 pub type Part = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -33,7 +33,7 @@ impl Readiness {
 }
 
 /// Starts `parts` (consumers, timers: each returns once `shutdown` fired and its work in
-/// flight is done) and the outbox relay. The relay stops only after every part: handlers
+/// flight is done), the outbox relay, and the inbox's pruning ([`inbox::keep_bounded`]). The relay stops only after every part: handlers
 /// still draining write to the outbox, and their messages must leave before the exit.
 pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Running {
     let relay_stop = Shutdown::new();
@@ -42,6 +42,7 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         broker.clone(),
         relay_stop.clone(),
     ));
+    let inbox = tokio::spawn(inbox::keep_bounded(db.clone(), relay_stop.clone()));
     let readiness = Readiness {
         name,
         db: db.clone(),
@@ -51,6 +52,7 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         futures::future::join_all(parts).await;
         relay_stop.cancel();
         let _ = relay.await;
+        let _ = inbox.await;
         if let Some(conn) = broker.try_connection() {
             crate::bus::close(&conn, "shutting down").await;
         }

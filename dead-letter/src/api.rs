@@ -39,7 +39,7 @@ pub fn router(db: Db) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(list, get_one, replay, resolve),
-    components(schemas(DeadLetterSummary, DeadLetterDetail, DeadLetterPage, ApiError, ErrorBody)),
+    components(schemas(DeadLetterSummary, DeadLetterDetail, DeadLetterPage, LetterStatus, ApiError, ErrorBody)),
     tags((name = "dead-letters", description = "Messages that could not be processed: inspect, replay, resolve"))
 )]
 pub struct DeadLetterDoc;
@@ -116,29 +116,42 @@ pub struct ListParams {
     #[param(example = "rejected")]
     pub reason: Option<String>,
     /// `open` (default), `resolved` or `all`.
-    #[param(example = "open")]
+    #[param(value_type = Option<LetterStatus>, example = "open")]
     pub status: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500, example = 50)]
     pub limit: Option<String>,
     /// The `next_cursor` of the previous page.
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
+/// Which letters a listing shows.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum LetterStatus {
+    /// Not resolved (the default).
+    Open,
+    Resolved,
+    All,
+}
+
 impl ListParams {
-    /// The store filter these parameters ask for. Empty parameters count as absent.
+    /// The store filter these parameters ask for. An empty `queue` or `reason` counts as
+    /// absent; a typed parameter (order_id, status, limit, cursor) must be well-formed when
+    /// present, as the OpenAPI document says.
     pub fn parse(&self) -> Result<Filter, ApiError> {
         let present =
             |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
         let bad = |name: &str, why: &str| ApiError::BadRequest(format!("{name}: {why}"));
-        let resolved = match present(&self.status).as_deref() {
+        let resolved = match self.status.as_deref() {
             None | Some("open") => Some(false),
             Some("resolved") => Some(true),
             Some("all") => None,
             Some(_) => return Err(bad("status", "must be open, resolved or all")),
         };
-        let limit = paging::limit(present(&self.limit).as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+        let limit = paging::limit(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
             .map_err(|why| bad("limit", &why))?;
         let uuid = |name: &str, v: Option<String>| {
             v.map(|s| {
@@ -150,10 +163,10 @@ impl ListParams {
         };
         Ok(Filter {
             queue: present(&self.queue),
-            order_id: uuid("order_id", present(&self.order_id))?,
+            order_id: uuid("order_id", self.order_id.clone())?,
             reason: present(&self.reason),
             resolved,
-            before: uuid("cursor", present(&self.cursor))?,
+            before: uuid("cursor", self.cursor.clone())?,
             limit,
         })
     }
@@ -228,7 +241,7 @@ fn not_found(id: &str) -> ApiError {
         (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ErrorBody),
         (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ErrorBody),
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
-        (status = 400, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
+        (status = 400, description = "A parameter is invalid or repeated; the detail starts with its name", body = ApiError,
             example = json!({"error": "bad_request", "detail": "limit: must be between 1 and 500"})),
         (status = 503, description = "The database is unavailable", body = ApiError),
     )

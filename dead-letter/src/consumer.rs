@@ -26,7 +26,9 @@ impl Handler for DeadLetterStore {
         let saga = saga_of(msg);
         let letter = read(msg, saga.order_id);
         let mut tx = self.db.begin().await?;
-        let id = store::record(&mut tx, &letter, now_ms()).await?;
+        let id = store::record(&mut tx, &letter, now_ms())
+            .await
+            .map_err(copy_stored_meanwhile)?;
         // The dead letter's own id in our inbox is not needed: the upsert above is idempotent.
         let _ = inbox::first_delivery(&mut tx, &format!("dl:{}", msg.message_id)).await?;
         tracing::warn!(dead_letter = %id, queue = ?letter.queue, reason = %letter.reason, order_id = ?letter.order_id, "stored a dead letter");
@@ -55,6 +57,16 @@ impl Handler for DeadLetterStore {
         let queue = letter.queue.as_deref().unwrap_or("unknown");
         self.metrics.dead_letters.with_label_values(&[queue]).inc();
         Ok(())
+    }
+}
+
+/// Two copies of one letter stored at once (on PostgreSQL, where letters are stored
+/// concurrently): the second's insert breaks the unique message id, and a retry finds the
+/// first's row and counts it. Any other error is what it is.
+fn copy_stored_meanwhile(e: sqlx::Error) -> HandlerError {
+    match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => HandlerError::Transient(e.into()),
+        _ => e.into(),
     }
 }
 

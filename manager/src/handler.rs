@@ -7,6 +7,10 @@
 //! command together with one message carrying all their events. A batch that fails is
 //! handled message by message by the consume loop, each with the compare-and-set retries
 //! of [`Manager::advance`].
+//!
+//! Store errors are told apart by what they are ([`HandlerError::classify`]): a saga row
+//! that cannot be read fails its message for good, which goes to the dead-letter store
+//! rather than being retried forever; a lost connection or a lock is retried.
 
 use std::sync::Arc;
 
@@ -95,7 +99,7 @@ impl BatchHandler for Manager {
             .collect();
         let mut sagas = store::load_many(&mut tx, &awaited)
             .await
-            .map_err(HandlerError::Transient)?;
+            .map_err(HandlerError::classify)?;
         let mut decided = Vec::new();
         for (msg, message) in batch.iter().zip(messages) {
             if !first.remove(&msg.message_id) {
@@ -111,6 +115,7 @@ impl BatchHandler for Manager {
                     self.decide(&mut tx, saga, Input::Reply(reply), &msg.cx)
                         .await?
                 }
+                // Any error hands the batch to the one-by-one path, where this one works.
                 ManagerMessage::DeadLettered(_) => {
                     return Err(HandlerError::Transient(anyhow::anyhow!(
                         "a dead letter is handled alone"
@@ -119,6 +124,7 @@ impl BatchHandler for Manager {
             };
             match outcome {
                 Outcome::Nothing | Outcome::Ignored { .. } => {}
+                // Deciding again on the fresh state resolves it.
                 Outcome::Conflict => {
                     return Err(HandlerError::Transient(anyhow::anyhow!(
                         "a saga of the batch moved concurrently"
@@ -196,7 +202,7 @@ impl Manager {
         let closed = annotate(&mut t, 0, cx);
         if !store::insert(tx, &t.saga)
             .await
-            .map_err(HandlerError::Transient)?
+            .map_err(HandlerError::classify)?
         {
             tracing::warn!(order_id = %place.order_id, "saga exists already; PlaceOrder ignored");
             return Ok(Outcome::Nothing);
@@ -230,7 +236,7 @@ impl Manager {
         }
         let exists = store::load(&mut tx, order_id)
             .await
-            .map_err(HandlerError::Transient)?
+            .map_err(HandlerError::classify)?
             .is_some();
         if !exists {
             let t = Saga::never_placed(
@@ -243,7 +249,7 @@ impl Manager {
             );
             if store::insert(&mut tx, &t.saga)
                 .await
-                .map_err(HandlerError::Transient)?
+                .map_err(HandlerError::classify)?
             {
                 tracing::warn!(%order_id, "PlaceOrder dead-lettered before its saga started; order finished UNKNOWN");
                 let decided = Decided {
@@ -286,6 +292,7 @@ impl Manager {
             }
             tracing::debug!(%order_id, "saga moved concurrently; deciding again");
         }
+        // Contention, not a fault of the input: the consume loop's retries try again.
         Err(HandlerError::Transient(anyhow::anyhow!(
             "saga {order_id} kept changing under {MAX_CONFLICTS} attempts"
         )))
@@ -306,7 +313,7 @@ impl Manager {
         }
         let Some(saga) = store::load(tx, order_id)
             .await
-            .map_err(HandlerError::Transient)?
+            .map_err(HandlerError::classify)?
         else {
             tracing::warn!(%order_id, ?input, "input for an unknown saga; ignored");
             return Ok(Outcome::Nothing);
@@ -339,7 +346,7 @@ impl Manager {
         let closed = annotate(&mut t, before, cx);
         if !store::update(tx, &t.saga, saga.version)
             .await
-            .map_err(HandlerError::Transient)?
+            .map_err(HandlerError::classify)?
         {
             return Ok(Outcome::Conflict);
         }

@@ -38,6 +38,8 @@ pub struct StockLevel {
     params(("username" = String, Path, description = "The buyer's name (percent-encoded)", example = "alice")),
     responses(
         (status = 200, description = "The user's balance", body = User),
+        (status = 400, description = "The path is not valid percent-encoded UTF-8 (e.g. `/api/users/%ff`)", body = ApiError,
+            example = json!({"error": "bad_request", "detail": "Invalid URL: Cannot parse `%ff` to a `String`"})),
         (status = 404, description = "No such user", body = ApiError,
             example = json!({"error": "not_found", "detail": "user \"alice\" not found"})),
         (status = 503, description = "The database is unavailable", body = ApiError,

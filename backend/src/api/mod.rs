@@ -26,6 +26,8 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Fault flags are an operator's tool: they need the operator's token (or loopback).
     pub admin_token: common::operator::AdminToken,
+    /// The most orders `/api/all-transaction` answers with (the newest).
+    pub all_transaction_limit: i64,
     /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
     pub backlog: std::sync::Arc<backlog::Backlog>,
     /// Writes accepted purchases in groups (one transaction for those arriving together).
@@ -50,6 +52,7 @@ pub fn router_with_docs(
         doc.merge(extra);
     }
     common::operator::add_security_scheme(&mut doc);
+    purchase::document_username_pattern(&mut doc);
     common::http_server::document_limits(&mut doc);
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
@@ -57,6 +60,7 @@ pub fn router_with_docs(
         db,
         fault_injection: config.fault_injection,
         admin_token: config.admin_token.clone(),
+        all_transaction_limit: config.all_transaction_limit,
         backlog,
     };
     // One bucket per client for both spellings of the path (PURCHASE_RATE_LIMIT).
@@ -112,7 +116,7 @@ requests already, and a request whose body does not arrive within `HTTP_BODY_TIM
         healthz,
         readyz,
     ),
-    components(schemas(ApiError, ErrorBody)),
+    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus)),
     tags(
         (name = "orders", description = "Place orders and follow them"),
         (name = "accounts", description = "Balances and stock"),

@@ -112,7 +112,7 @@ pub struct OrderPage {
     pub next_cursor: Option<String>,
 }
 
-/// Filters of `/api/orders`. Read as text and parsed here, so a bad one is named in a 422.
+/// Filters of `/api/orders`. Read as text and parsed here, so a bad one is named in a 400.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
@@ -120,7 +120,7 @@ pub struct ListParams {
     #[param(example = "alice")]
     pub username: Option<String>,
     /// Only orders with this status.
-    #[param(example = "SUCCESS")]
+    #[param(value_type = Option<OrderStatus>, example = "SUCCESS")]
     pub status: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200, example = 50)]
@@ -135,18 +135,20 @@ pub const MAX_LIMIT: i64 = 200;
 
 impl ListParams {
     /// The store filter these parameters ask for, or `None` when no order can match (a
-    /// username that could never have been accepted). Empty parameters count as absent.
+    /// username that could never have been accepted). An empty `username` counts as
+    /// absent; a typed parameter (status, limit, cursor) must be well-formed when present,
+    /// as the OpenAPI document says.
     pub(crate) fn parse(&self) -> Result<Option<store::orders::Filter>, InvalidValue> {
         let present =
             |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
-        let status = present(&self.status)
-            .map(|s| OrderStatus::parse(&s))
-            .transpose()?;
-        let limit = paging::limit(present(&self.limit).as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
+        let status = self.status.as_deref().map(OrderStatus::parse).transpose()?;
+        let limit = paging::limit(self.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)
             .map_err(|why| InvalidValue::new("limit", why))?;
-        let before = present(&self.cursor)
+        let before = self
+            .cursor
+            .as_deref()
             .map(|s| {
-                OrderId::parse(&s)
+                OrderId::parse(s)
                     .map_err(|_| InvalidValue::new("cursor", "must be an order id (UUID)"))
             })
             .transpose()?;
@@ -209,7 +211,7 @@ impl From<&TimelineEntry> for TimelineItem {
     }
 }
 
-/// Every created order, oldest first.
+/// The newest created orders (at most `ALL_TRANSACTION_LIMIT`), oldest first.
 ///
 /// The compatibility contract's list: an order appears once its `order.create` step
 /// succeeded (an order whose creation failed is only visible at `/api/orders/{id}`).
@@ -218,7 +220,8 @@ impl From<&TimelineEntry> for TimelineItem {
     path = "/api/all-transaction",
     tag = "orders",
     responses(
-        (status = 200, description = "Created orders, oldest first", body = Vec<Transaction>),
+        (status = 200, description = "The newest created orders (at most `ALL_TRANSACTION_LIMIT`, \
+default 1,000), oldest first", body = Vec<Transaction>),
         (status = 503, description = "The database is unavailable", body = ApiError,
             example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
@@ -226,7 +229,7 @@ impl From<&TimelineEntry> for TimelineItem {
 pub async fn all_transactions(
     State(app): State<AppState>,
 ) -> Result<Json<Vec<Transaction>>, ApiError> {
-    let orders = store::orders::listed(&app.db).await?;
+    let orders = store::orders::listed(&app.db, app.all_transaction_limit).await?;
     Ok(Json(orders.iter().map(Transaction::from).collect()))
 }
 
@@ -277,11 +280,11 @@ pub async fn get_order(
     params(ListParams),
     responses(
         (status = 200, description = "A page of orders", body = OrderPage),
-        (status = 422, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
+        (status = 400, description = "A parameter is invalid or repeated; the detail starts with its name", body = ApiError,
             examples(
-                ("limit" = (value = json!({"error": "invalid_field", "detail": "limit: must be between 1 and 200"}))),
-                ("status" = (value = json!({"error": "invalid_field", "detail": "status: unknown status \"DONE\""}))),
-                ("cursor" = (value = json!({"error": "invalid_field", "detail": "cursor: must be an order id (UUID)"}))),
+                ("limit" = (value = json!({"error": "bad_request", "detail": "limit: must be between 1 and 200"}))),
+                ("status" = (value = json!({"error": "bad_request", "detail": "status: unknown status \"DONE\""}))),
+                ("cursor" = (value = json!({"error": "bad_request", "detail": "cursor: must be an order id (UUID)"}))),
             )),
         (status = 503, description = "The database is unavailable", body = ApiError,
             example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
@@ -292,7 +295,11 @@ pub async fn list_orders(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<OrderPage>, ApiError> {
     let Query(params) = params?;
-    let Some(mut filter) = params.parse()? else {
+    // A query parameter is part of the address: a bad one is a 400, as on every list.
+    let parsed = params
+        .parse()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let Some(mut filter) = parsed else {
         return Ok(Json(OrderPage {
             orders: Vec::new(),
             next_cursor: None,
@@ -339,20 +346,13 @@ mod tests {
     }
 
     #[test]
-    fn empty_parameters_count_as_absent() {
-        let f = params(&[
-            ("username", ""),
-            ("status", ""),
-            ("limit", ""),
-            ("cursor", ""),
-        ])
-        .parse()
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            (f.username, f.status, f.before, f.limit),
-            (None, None, None, DEFAULT_LIMIT)
-        );
+    fn an_empty_username_counts_as_absent_but_an_empty_typed_parameter_is_refused() {
+        let f = params(&[("username", "")]).parse().unwrap().unwrap();
+        assert_eq!(f.username, None);
+        for name in ["status", "limit", "cursor"] {
+            let e = params(&[(name, "")]).parse().unwrap_err();
+            assert_eq!(e.field, name);
+        }
     }
 
     #[test]

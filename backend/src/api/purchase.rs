@@ -41,11 +41,17 @@ pub const MAX_KEY_LEN: usize = 255;
 #[schema(example = json!({"username": "alice", "price": 10, "amount": 2, "kill_payment": false}))]
 #[allow(dead_code)]
 pub struct PurchaseRequest {
-    /// 1 to 64 characters, no control characters.
+    /// 1 to 64 characters, stored NFC-normalised; no control characters, no invisible
+    /// format characters (bidi controls, zero-width spaces and joiners, U+FEFF), no
+    /// whitespace at either end.
+    #[schema(min_length = 1, max_length = 64)]
     username: String,
-    /// Price of one token, in credits; not negative. price × amount must fit in 64 bits.
+    /// Price of one token, in credits: 0 to 10¹² (so that price × amount always fits in
+    /// 64 bits).
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     price: i64,
-    /// Tokens to buy; greater than 0.
+    /// Tokens to buy: 1 to 10⁶.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     amount: i64,
     /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true). An operator's
     /// tool: any true flag needs the operator's bearer token (loopback only without one).
@@ -95,8 +101,37 @@ pub const FAULT_FLAGS: [&str; 7] = [
 
 /// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
 /// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
+/// Writes the username rules into `doc` as a `pattern` of `PurchaseRequest.username`
+/// (built from the same tables as the check, so the two cannot disagree).
+pub fn document_username_pattern(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let Some(RefOr::T(Schema::Object(request))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("PurchaseRequest"))
+    else {
+        return;
+    };
+    if let Some(RefOr::T(Schema::Object(username))) = request.properties.get_mut("username") {
+        username.pattern = Some(common::domain::username_pattern());
+    }
+}
+
+/// The highest price of one token a purchase may name, in credits.
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+/// The most tokens one purchase may buy. With [`MAX_PRICE`], a total always fits in 64 bits.
+pub const MAX_AMOUNT: i64 = 1_000_000;
+
+/// `value` of `field`, if it is at most `max`.
+fn at_most(value: i64, field: &'static str, max: i64) -> Result<i64, InvalidValue> {
+    if value > max {
+        return Err(InvalidValue::new(field, format!("must be at most {max}")));
+    }
+    Ok(value)
+}
+
 pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
-    let value: Value = serde_json::from_slice(body)
+    let value: Value = common::strict_json::parse(body)
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Err(ApiError::MalformedJson(
@@ -113,8 +148,8 @@ pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
             .into());
         }
     };
-    let price = Credits::new(integer(&fields, "price")?)?;
-    let amount = Quantity::new(integer(&fields, "amount")?)?;
+    let price = Credits::new(at_most(integer(&fields, "price")?, "price", MAX_PRICE)?)?;
+    let amount = Quantity::new(at_most(integer(&fields, "amount")?, "amount", MAX_AMOUNT)?)?;
     let terms = OrderTerms::new(username, price, amount)?;
     let [
         kill_create,
@@ -215,13 +250,21 @@ fn required<'a>(
 
 fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<i64, InvalidValue> {
     match required(fields, name)? {
-        Value::Number(n) => n.as_i64().ok_or_else(|| {
-            if n.is_u64() {
-                InvalidValue::new(name, format!("must be at most {}", i64::MAX))
-            } else {
-                InvalidValue::new(name, "must be an integer")
-            }
-        }),
+        // JSON Schema counts 3.0 as the integer 3, so the API does too.
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| {
+                if n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0 && f > 0.0) {
+                    InvalidValue::new(name, format!("must be at most {}", i64::MAX))
+                } else {
+                    InvalidValue::new(name, "must be an integer")
+                }
+            }),
         other => Err(InvalidValue::new(
             name,
             format!("must be an integer, got {}", kind(other)),
@@ -270,6 +313,7 @@ fn kind(v: &Value) -> &'static str {
         ("Idempotency-Key" = Option<String>, Header,
             description = "1 to 255 visible ASCII characters (a UUID does). The same key and request \
 answer the first request's order again; the same key and another request is 409.",
+            min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
             example = "0b6f6d0e-8f5c-4a43-9a8e-2d1f6f3c9a71"),
     ),
     request_body(content = PurchaseRequest, description = "What to buy, and optional fault flags"),
@@ -281,7 +325,7 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("idempotent-replayed" = String,
                     description = "`true` when this answer replays an earlier request with the same Idempotency-Key; absent otherwise"),
             )),
-        (status = 400, description = "The body is not a JSON object, or the Idempotency-Key header is invalid", body = ApiError,
+        (status = 400, description = "The body is not a JSON object (or repeats a key), or the Idempotency-Key header is invalid", body = ApiError,
             examples(
                 ("malformed" = (value = json!({"error": "malformed_json", "detail": "the body is not valid JSON: EOF while parsing an object at line 1 column 30"}))),
                 ("bad key" = (value = json!({"error": "bad_request", "detail": "Idempotency-Key: must be 1 to 255 visible ASCII characters (no spaces), got 0 bytes"}))),
@@ -552,6 +596,14 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_number_written_with_a_fraction_is_that_integer_as_json_schema_says() {
+        let mut body = with("price", json!(3.0));
+        body["amount"] = json!(2.0);
+        let p = parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!((p.terms.price.get(), p.terms.amount.get()), (3, 2));
+    }
+
+    #[test]
     fn a_wrongly_typed_field_is_422_naming_it() {
         let cases = [
             ("price", json!("ten")),
@@ -589,16 +641,22 @@ mod tests {
     }
 
     #[test]
-    fn a_total_overflowing_64_bits_is_422_naming_price() {
-        for (price, amount) in [
-            (1i64 << 62, 4i64),
-            (i64::MAX, 2),
-            (3_037_000_500, 3_037_000_500),
+    fn a_price_or_amount_beyond_its_bound_is_422_naming_it_so_no_total_overflows() {
+        for (price, amount, field) in [
+            (1i64 << 62, 4i64, "price"),
+            (i64::MAX, 2, "price"),
+            (MAX_PRICE + 1, 1, "price"),
+            (3_037_000_500, 3_037_000_500, "amount"),
+            (1, MAX_AMOUNT + 1, "amount"),
         ] {
             let mut body = with("price", json!(price));
             body["amount"] = json!(amount);
-            assert_names(body, "price");
+            assert_names(body, field);
         }
+        // The largest of both is a total that fits.
+        let mut body = with("price", json!(MAX_PRICE));
+        body["amount"] = json!(MAX_AMOUNT);
+        assert!(parse(body.to_string().as_bytes()).is_ok());
     }
 
     #[test]

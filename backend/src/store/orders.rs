@@ -168,15 +168,17 @@ pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Er
     rows.iter().map(summary).collect()
 }
 
-/// Every order whose `order.create` succeeded, oldest first (`/api/all-transaction`).
-pub async fn listed(db: &Db) -> Result<Vec<StoredOrder>, sqlx::Error> {
+/// The newest `limit` orders whose `order.create` succeeded, oldest first
+/// (`/api/all-transaction`): its answer is bounded however large the shop grows.
+pub async fn listed(db: &Db, limit: i64) -> Result<Vec<StoredOrder>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms \
-         FROM orders WHERE listed = 1 ORDER BY order_id",
+         FROM orders WHERE listed = 1 ORDER BY order_id DESC LIMIT $1",
     )
+    .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    rows.iter().map(summary).collect()
+    rows.iter().rev().map(summary).collect()
 }
 
 fn summary(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {

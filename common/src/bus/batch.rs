@@ -7,7 +7,8 @@
 //! grow. Every guarantee of the single-message loop holds: the ack follows the commit, a
 //! redelivered batch is deduplicated by the handler's inbox, and a batch that fails is not
 //! retried whole but message by message, so one bad message cannot hold the others (it is
-//! retried or rejected alone, exactly as [`super::consume`] would).
+//! retried or rejected alone, exactly as [`super::consume`] would). The messages after it
+//! wait while it is retried, which [`super::MAX_TRANSIENT_ATTEMPTS`] bounds.
 
 use std::{
     future::Future,
