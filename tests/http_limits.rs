@@ -132,6 +132,27 @@ async fn a_connection_that_sends_half_a_header_is_closed_within_the_header_timeo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_32_kib_is_refused_431_and_the_connection_closed() {
+    let m = InProcess::start(&[]).await;
+    let mut big = connect(&m).await;
+    // common::http_server::MAX_HEAD_BYTES, spelled out so that this file builds on a
+    // server without the bound (and fails there).
+    let padding = "a".repeat(32 * 1024);
+    big.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {padding}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut big, BOUND).await;
+    assert_eq!(answer.status, 431, "{answer:?}");
+    assert!(
+        closed_within(&mut big, BOUND).await.is_some(),
+        "the connection is closed after the 431"
+    );
+    m.stop().await.expect("drains cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_closed_within_the_header_timeout() {
     let m = InProcess::start(&[("HTTP_HEADER_TIMEOUT_MS", "300".into())]).await;
     let mut silent = connect(&m).await;

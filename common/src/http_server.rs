@@ -29,6 +29,10 @@
 //!   pod restarted (the worst answer to overload), and the metrics are how an operator sees
 //!   the overload. They are cheap, and still bounded by the connection bound.
 //!
+//! A request head is also bounded in size ([`MAX_HEAD_BYTES`]; larger is answered
+//! `431` by hyper, with no body, and the connection closed), so that the memory slow heads
+//! can hold is at most the connection bound times that size.
+//!
 //! Only HTTP/1.1 is served (HTTP/2 with prior knowledge was reachable before only through
 //! a feature another dependency enabled; no client of the marketplace uses it, and it
 //! brings attacks of its own).
@@ -98,6 +102,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// The largest request head (request line and headers) accepted, in bytes: more is `431`.
+/// Browsers and proxies keep theirs to a few KiB; hyper's default would be about 400 KiB.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Paths the bound on requests in flight does not apply to: the probes and the metrics.
 pub const EXEMPT_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -238,6 +246,7 @@ pub async fn serve(
     // The head's deadline is ours (`Activity`): hyper's would also close idle kept-alive
     // connections after the (short) header timeout.
     http.header_read_timeout(None);
+    http.max_header_size(MAX_HEAD_BYTES);
     let timeouts = Timeouts {
         header: limits.header_timeout,
         idle: limits.idle_timeout,
@@ -340,7 +349,9 @@ impl Expired {
 /// Where a connection stands, which says which deadline applies to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// No request under way: since the accept (`first`) or since the last answer.
+    /// No request under way: since the accept (`first`) or since the last answer. (The head
+    /// of a pipelined request that hyper read along with the previous one is then timed by
+    /// the idle timeout, not the header timeout: still bounded.)
     Waiting { since: Instant, first: bool },
     /// Bytes of a request head have arrived, and no head is complete yet.
     Head { since: Instant },
