@@ -115,14 +115,18 @@ pub async fn serve(
                 .with_context(|| format!("METRICS_ADDR={addr}: cannot listen"))?;
             tracing::info!(addr = %addr, "metrics listening");
             let app = health::metrics_router(readiness, metrics.clone());
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-            }))
+            // The same timeouts and connection bound as the API's listener.
+            Some(tokio::spawn(common::http_server::serve(
+                listener,
+                app,
+                config.http.clone(),
+                shutdown.clone(),
+            )))
         }
     };
+    // The bound on requests in flight and the body timeout, inside the metrics layer so
+    // that their refusals are counted like any answer.
+    let router = common::http_server::limit_requests(router, &config.http);
     // Last: the layer counts the routes that exist when it is added.
     let router = common::metrics::track_http(router, metrics);
 
@@ -132,16 +136,15 @@ pub async fn serve(
             "ADMIN_TOKEN is not set: operator endpoints (/api/audit, /api/dead-letters, fault flags) answer loopback clients only"
         );
     }
-    let http = {
-        let shutdown = shutdown.clone();
-        // The client's address: operator endpoints without a token admit loopback only.
-        let app = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
+    // Each request carries the client's address (operator endpoints without a token admit
+    // loopback only; the purchase rate limit is per client). In-flight requests finish,
+    // then the connections drain, once `shutdown` is cancelled.
+    let http = tokio::spawn(common::http_server::serve(
+        listener,
+        router,
+        config.http.clone(),
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     let drain = async {

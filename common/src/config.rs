@@ -58,6 +58,11 @@ pub struct Config {
     /// Where `/metrics` is served instead of `http_addr` (a scrape network); None: beside
     /// the API.
     pub metrics_addr: Option<SocketAddr>,
+    /// Timeouts and bounds of the HTTP listener (`HTTP_*`; see `http_server`).
+    pub http: crate::http_server::Limits,
+    /// Purchases per second per client address, with a burst (`PURCHASE_RATE_LIMIT`,
+    /// `PURCHASE_RATE_BURST`); None (the default) limits nothing.
+    pub purchase_rate_limit: Option<crate::rate_limit::RateLimit>,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -146,6 +151,41 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "ALL_TRANSACTION_LIMIT",
         "1000",
         "the most orders GET /api/all-transaction returns (the newest, oldest first)",
+    ),
+    (
+        "HTTP_HEADER_TIMEOUT_MS",
+        "5000",
+        "a connection without a complete request head within it is closed",
+    ),
+    (
+        "HTTP_BODY_TIMEOUT_MS",
+        "10000",
+        "a request body not received whole within it is answered 408",
+    ),
+    (
+        "HTTP_IDLE_TIMEOUT_MS",
+        "60000",
+        "a kept-alive connection without a request for this long is closed",
+    ),
+    (
+        "HTTP_MAX_CONNECTIONS",
+        "1024",
+        "connections served at once; more wait in the accept backlog",
+    ),
+    (
+        "HTTP_MAX_REQUESTS_IN_FLIGHT",
+        "512",
+        "requests handled at once (not /healthz, /readyz, /metrics); more get 503",
+    ),
+    (
+        "PURCHASE_RATE_LIMIT",
+        "0 (off)",
+        "purchases per second per client IP; more get 429 (the peer address, not X-Forwarded-For)",
+    ),
+    (
+        "PURCHASE_RATE_BURST",
+        "PURCHASE_RATE_LIMIT",
+        "purchases a client may send at once under PURCHASE_RATE_LIMIT",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
@@ -268,6 +308,9 @@ impl Config {
                     .map_err(|e| err("METRICS_ADDR", &v, &e.to_string()))
             })
             .transpose()?;
+        let http = http_limits(&var)?;
+        let purchase_rate_limit =
+            rate_limit(var("PURCHASE_RATE_LIMIT"), var("PURCHASE_RATE_BURST"))?;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -287,8 +330,49 @@ impl Config {
             admin_token,
             all_transaction_limit,
             metrics_addr,
+            http,
+            purchase_rate_limit,
         })
     }
+}
+
+/// The HTTP listener's `HTTP_*` timeouts and bounds.
+fn http_limits(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::http_server::Limits, ConfigError> {
+    let d = crate::http_server::Limits::default();
+    let ms = |name: &'static str, default: Duration| {
+        positive(name, var(name), default.as_millis() as i64)
+            .map(|v| Duration::from_millis(v as u64))
+    };
+    let count = |name: &'static str, default: usize| {
+        positive(name, var(name), default as i64).map(|v| v.min(1_000_000) as usize)
+    };
+    Ok(crate::http_server::Limits {
+        header_timeout: ms("HTTP_HEADER_TIMEOUT_MS", d.header_timeout)?,
+        body_timeout: ms("HTTP_BODY_TIMEOUT_MS", d.body_timeout)?,
+        idle_timeout: ms("HTTP_IDLE_TIMEOUT_MS", d.idle_timeout)?,
+        max_connections: count("HTTP_MAX_CONNECTIONS", d.max_connections)?,
+        max_requests_in_flight: count("HTTP_MAX_REQUESTS_IN_FLIGHT", d.max_requests_in_flight)?,
+    })
+}
+
+/// The purchase rate limit: off when `PURCHASE_RATE_LIMIT` is unset or 0 (a burst alone
+/// limits nothing); the burst defaults to one second's worth.
+fn rate_limit(
+    rate: Option<String>,
+    burst: Option<String>,
+) -> Result<Option<crate::rate_limit::RateLimit>, ConfigError> {
+    const MAX: i64 = 1_000_000;
+    let per_second = non_negative("PURCHASE_RATE_LIMIT", rate, 0)?.min(MAX);
+    if per_second == 0 {
+        return Ok(None);
+    }
+    let burst = positive("PURCHASE_RATE_BURST", burst, per_second)?.min(MAX);
+    Ok(Some(crate::rate_limit::RateLimit {
+        per_second: per_second as u32,
+        burst: burst as u32,
+    }))
 }
 
 /// The operator token from `ADMIN_TOKEN` or from the file `ADMIN_TOKEN_FILE` names (its
@@ -424,6 +508,69 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.idempotency_key_ttl, Duration::from_secs(24 * 60 * 60));
         assert_eq!((c.max_sagas_in_flight, c.max_backlog), (256, 50_000));
+        assert_eq!(c.http.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (c.http.max_connections, c.http.max_requests_in_flight),
+            (1024, 512)
+        );
+        assert_eq!(c.purchase_rate_limit, None);
+    }
+
+    #[test]
+    fn the_http_limits_are_read_in_milliseconds_and_counts() {
+        let c = config(&[
+            ("HTTP_HEADER_TIMEOUT_MS", "300"),
+            ("HTTP_BODY_TIMEOUT_MS", "400"),
+            ("HTTP_IDLE_TIMEOUT_MS", "500"),
+            ("HTTP_MAX_CONNECTIONS", "8"),
+            ("HTTP_MAX_REQUESTS_IN_FLIGHT", "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.http,
+            crate::http_server::Limits {
+                header_timeout: Duration::from_millis(300),
+                body_timeout: Duration::from_millis(400),
+                idle_timeout: Duration::from_millis(500),
+                max_connections: 8,
+                max_requests_in_flight: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn the_purchase_rate_limit_is_off_unless_set_above_zero() {
+        use crate::rate_limit::RateLimit;
+        assert_eq!(config(&[]).unwrap().purchase_rate_limit, None);
+        for off in [
+            vec![("PURCHASE_RATE_LIMIT", "0")],
+            vec![("PURCHASE_RATE_LIMIT", " ")],
+            vec![("PURCHASE_RATE_BURST", "5")],
+        ] {
+            assert_eq!(config(&off).unwrap().purchase_rate_limit, None, "{off:?}");
+        }
+        assert_eq!(
+            config(&[("PURCHASE_RATE_LIMIT", "20")])
+                .unwrap()
+                .purchase_rate_limit,
+            Some(RateLimit {
+                per_second: 20,
+                burst: 20
+            })
+        );
+        assert_eq!(
+            config(&[("PURCHASE_RATE_LIMIT", "2"), ("PURCHASE_RATE_BURST", "10")])
+                .unwrap()
+                .purchase_rate_limit,
+            Some(RateLimit {
+                per_second: 2,
+                burst: 10
+            })
+        );
+        let no_burst = config(&[("PURCHASE_RATE_LIMIT", "2"), ("PURCHASE_RATE_BURST", "0")]);
+        assert_eq!(no_burst.unwrap_err().variable, "PURCHASE_RATE_BURST");
     }
 
     #[test]
@@ -441,6 +588,13 @@ mod tests {
             ("MAX_BACKLOG", "many"),
             ("METRICS_ADDR", "metrics"),
             ("ALL_TRANSACTION_LIMIT", "0"),
+            ("HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("HTTP_BODY_TIMEOUT_MS", "-1"),
+            ("HTTP_IDLE_TIMEOUT_MS", "1m"),
+            ("HTTP_MAX_CONNECTIONS", "0"),
+            ("HTTP_MAX_REQUESTS_IN_FLIGHT", "lots"),
+            ("PURCHASE_RATE_LIMIT", "-1"),
+            ("PURCHASE_RATE_LIMIT", "1.5"),
         ] {
             let e = config(&[(name, value)]).unwrap_err();
             assert_eq!(e.variable, name);

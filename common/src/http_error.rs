@@ -46,6 +46,10 @@ pub enum ApiError {
     /// 405 `method_not_allowed`.
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// 408 `request_timeout`, with `Connection: close`: the request's body did not arrive
+    /// within `HTTP_BODY_TIMEOUT_MS`; nothing was done, and the connection is closed.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 413 `body_too_large`: the body is over [`MAX_BODY_BYTES`].
     #[error("the body is over {} bytes", MAX_BODY_BYTES)]
     BodyTooLarge,
@@ -57,11 +61,18 @@ pub enum ApiError {
     /// audit at a time); the request may be sent again later.
     #[error("{detail}; retry after {retry_after_s} s")]
     Busy { detail: String, retry_after_s: u64 },
+    /// 429 `rate_limited`, with `Retry-After`: this client sent more requests than its rate
+    /// limit allows (`PURCHASE_RATE_LIMIT`); nothing was done, and the request may be sent
+    /// again after the `Retry-After` seconds.
+    #[error("{detail}; retry after {retry_after_s} s")]
+    RateLimited { detail: String, retry_after_s: u64 },
     /// 503 `unavailable`: the database does not answer; the request may be retried.
     #[error("the database is unavailable, retry later")]
     Unavailable(#[source] sqlx::Error),
     /// 503 `overloaded`, with `Retry-After`: more work is waiting than the marketplace
-    /// takes on; nothing was stored, and the same request may be sent again later.
+    /// takes on (orders past `MAX_BACKLOG`, or requests in flight past
+    /// `HTTP_MAX_REQUESTS_IN_FLIGHT`); nothing was stored, and the same request may be sent
+    /// again later.
     #[error("{detail}; retry after {retry_after_s} s")]
     Overloaded { detail: String, retry_after_s: u64 },
     /// 500 `internal`: logged with its cause; the client only learns that it happened.
@@ -77,7 +88,8 @@ impl ApiError {
                 StatusCode::FORBIDDEN
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy { .. } | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -99,6 +111,8 @@ impl ApiError {
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Busy { .. } => "busy",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -152,7 +166,8 @@ impl From<QueryRejection> for ApiError {
 pub struct ErrorBody {
     /// `malformed_json`, `bad_request`, `unauthorized`, `forbidden`,
     /// `fault_injection_disabled`, `not_found`, `conflict`, `method_not_allowed`,
-    /// `body_too_large`, `invalid_field`, `busy`, `unavailable`, `overloaded` or `internal`.
+    /// `request_timeout`, `body_too_large`, `invalid_field`, `busy`, `rate_limited`,
+    /// `unavailable`, `overloaded` or `internal`.
     pub error: String,
     /// What is wrong, for a person; for `invalid_field` it starts with the field's name.
     pub detail: String,
@@ -174,10 +189,19 @@ impl IntoResponse for ApiError {
         let mut response = (self.status(), Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Overloaded { retry_after_s, .. } | ApiError::Busy { retry_after_s, .. } => {
+            ApiError::Overloaded { retry_after_s, .. }
+            | ApiError::Busy { retry_after_s, .. }
+            | ApiError::RateLimited { retry_after_s, .. } => {
                 headers.insert(
                     axum::http::header::RETRY_AFTER,
                     axum::http::HeaderValue::from(retry_after_s),
+                );
+            }
+            ApiError::RequestTimeout(_) => {
+                // The rest of the body is unread: the connection cannot carry another request.
+                headers.insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
                 );
             }
             ApiError::Unauthorized(_) => {
@@ -256,6 +280,35 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()["retry-after"], "2");
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_request_is_429_with_retry_after() {
+        let response = ApiError::RateLimited {
+            detail: "too fast".into(),
+            retry_after_s: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "3");
+        let (_, body) = rendered(ApiError::RateLimited {
+            detail: "too fast".into(),
+            retry_after_s: 3,
+        })
+        .await;
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "rate_limited", "detail": "too fast; retry after 3 s"})
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_timeout_is_408_and_closes_the_connection() {
+        let response = ApiError::RequestTimeout("slow".into()).into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()["connection"], "close");
+        let (_, body) = rendered(ApiError::RequestTimeout("slow".into())).await;
+        assert_eq!(body["error"], "request_timeout");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use axum::{
     extract::DefaultBodyLimit,
     routing::{get, post},
 };
-use common::{config::Config, db::Db};
+use common::{config::Config, db::Db, rate_limit::RateLimiter};
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -53,6 +53,7 @@ pub fn router_with_docs(
     }
     common::operator::add_security_scheme(&mut doc);
     purchase::document_username_pattern(&mut doc);
+    common::http_server::document_limits(&mut doc);
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
         placing: placing::Placing::start(db.clone(), backlog.clone()),
@@ -62,9 +63,18 @@ pub fn router_with_docs(
         all_transaction_limit: config.all_transaction_limit,
         backlog,
     };
+    // One bucket per client for both spellings of the path (PURCHASE_RATE_LIMIT).
+    let mut purchase_route = post(purchase::purchase);
+    if let Some(limit) = config.purchase_rate_limit {
+        let limiter = RateLimiter::new(limit, "PURCHASE_RATE_LIMIT");
+        purchase_route = purchase_route.route_layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(limiter),
+            common::rate_limit::enforce,
+        ));
+    }
     Router::new()
-        .route("/api/purchase", post(purchase::purchase))
-        .route("/api/purchase/", post(purchase::purchase))
+        .route("/api/purchase", purchase_route.clone())
+        .route("/api/purchase/", purchase_route)
         .route("/api/all-transaction", get(orders::all_transactions))
         .route("/api/orders", get(orders::list_orders))
         .route("/api/orders/{id}", get(orders::get_order))
@@ -90,7 +100,10 @@ pub fn router_with_docs(
         title = "Late-token marketplace",
         description = "Buy late-day tokens. A purchase is accepted at once (202) and completed by a \
 saga across the order, payment, inventory and delivery services; follow it at `/api/orders/{id}`. \
-Every error is `{\"error\": code, \"detail\": text}`.",
+Every error is `{\"error\": code, \"detail\": text}`. Any route but the probes may answer \
+`503 overloaded` with `Retry-After: 1` while the server handles `HTTP_MAX_REQUESTS_IN_FLIGHT` \
+requests already, and a request whose body does not arrive within `HTTP_BODY_TIMEOUT_MS` is \
+`408 request_timeout`.",
     ),
     paths(
         purchase::purchase,

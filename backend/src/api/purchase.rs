@@ -339,6 +339,10 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
             )),
         (status = 409, description = "The Idempotency-Key was already used for a different request; nothing was placed", body = ApiError,
             example = json!({"error": "conflict", "detail": "Idempotency-Key: already used for a different purchase request; use a new key for a new purchase"})),
+        (status = 408, description = "The body did not arrive whole within `HTTP_BODY_TIMEOUT_MS` \
+(10 s by default) of the request's head; nothing was placed, and the connection is closed", body = ApiError,
+            headers(("connection" = String, description = "`close`")),
+            example = json!({"error": "request_timeout", "detail": "the request body was not received within 10000 ms (HTTP_BODY_TIMEOUT_MS)"})),
         (status = 413, description = "The body is over 64 KiB", body = ApiError,
             example = json!({"error": "body_too_large", "detail": "the body is over 65536 bytes"})),
         (status = 422, description = "A field is missing or invalid; the detail starts with its name", body = ApiError,
@@ -348,13 +352,21 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("out of range" = (value = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))),
                 ("overflow" = (value = json!({"error": "invalid_field", "detail": "price: price × amount overflows a 64-bit integer"}))),
             )),
+        (status = 429, description = "This client (its IP address; an IPv6 client's /64) sent \
+purchases faster than `PURCHASE_RATE_LIMIT` per second, past a burst of `PURCHASE_RATE_BURST`; \
+nothing was placed. Only when `PURCHASE_RATE_LIMIT` is set (it is off by default). Retry after \
+the `Retry-After` seconds", body = ApiError,
+            headers(("retry-after" = u64, description = "Seconds until this client may purchase again")),
+            example = json!({"error": "rate_limited", "detail": "more than 10 requests per second from this client (PURCHASE_RATE_LIMIT=10, burst 10); retry after 1 s"})),
         (status = 503, description = "The database is unavailable, or more orders are waiting to \
-complete than the marketplace takes on (`MAX_BACKLOG`); nothing was placed. Retry after the \
+complete than the marketplace takes on (`MAX_BACKLOG`), or more requests are in flight than the \
+server handles at once (`HTTP_MAX_REQUESTS_IN_FLIGHT`); nothing was placed. Retry after the \
 `Retry-After` seconds", body = ApiError,
             headers(("retry-after" = u64, description = "Seconds to wait before retrying (on `overloaded`)")),
             examples(
                 ("unavailable" = (value = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"}))),
                 ("overloaded" = (value = json!({"error": "overloaded", "detail": "50000 orders are waiting to complete, the most this marketplace takes on (MAX_BACKLOG=50000); nothing was placed; retry after 1 s"}))),
+                ("requests in flight" = (value = json!({"error": "overloaded", "detail": "512 requests are in flight, the most this server handles at once (HTTP_MAX_REQUESTS_IN_FLIGHT=512); nothing was done; retry after 1 s"}))),
             )),
     )
 )]
