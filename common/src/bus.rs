@@ -211,20 +211,38 @@ async fn connect(url: &str, service: &str) -> anyhow::Result<Connection> {
 /// nothing. At 16 KiB it is 1 MiB; a larger message simply takes several frames.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// A connection named `name` (as RabbitMQ lists it), or an error after `wait`.
-async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::Result<Connection> {
+/// A connection named `name` (as RabbitMQ lists it), or an error after `wait`. An
+/// `amqps://` URL is TLS, trusting the system's roots and the URL's `cacertfile`.
+pub async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::Result<Connection> {
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e| anyhow::anyhow!("AMQP_URL {}: {e}", redact(url)))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    let tls = crate::tls::amqp_tls_config(url)?;
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    tokio::time::timeout(
+    let connected = tokio::time::timeout(
         wait,
-        Connection::connect_uri_with_runtime(uri, props, async_rs::Runtime::tokio_current()),
+        Connection::connect_uri_with_config(uri, props, tls, async_rs::Runtime::tokio_current()),
     )
     .await
-    .context("connecting timed out")?
-    .map_err(Into::into)
+    .context("connecting timed out")?;
+    connected.map_err(|e| explain_tls_failure(url, e.into()))
+}
+
+/// A TLS failure says which trust was missing and how to add it; anything else as it is.
+fn explain_tls_failure(url: &str, e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if url.starts_with("amqps://") && (text.contains("certificate") || text.contains("Certificate"))
+    {
+        let trusted = match crate::tls::query_param(url, crate::tls::AMQP_CA_PARAM) {
+            Some(ca) => format!("the system's root certificates and {ca}"),
+            None => "the system's root certificates (set TLS_CA_FILE for a private CA)".into(),
+        };
+        return e.context(format!(
+            "TLS: the broker's certificate is not trusted by {trusted}"
+        ));
+    }
+    e
 }
 
 /// Closes `conn`, waiting at most 2 s for the broker's answer.

@@ -249,6 +249,7 @@ async fn open_postgres(
     pool_size: u32,
     create_schema: bool,
 ) -> anyhow::Result<AnyPool> {
+    crate::tls::install_crypto_provider();
     let set_path = format!("SET search_path TO \"{schema}\"");
     if create_schema {
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");

@@ -20,5 +20,6 @@ pub mod shutdown;
 pub mod strict_json;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod topology;
 pub mod worker;
