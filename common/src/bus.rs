@@ -226,23 +226,14 @@ pub async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::R
     )
     .await
     .context("connecting timed out")?;
-    connected.map_err(|e| explain_tls_failure(url, e.into()))
-}
-
-/// A TLS failure says which trust was missing and how to add it; anything else as it is.
-fn explain_tls_failure(url: &str, e: anyhow::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
-    if url.starts_with("amqps://") && (text.contains("certificate") || text.contains("Certificate"))
-    {
-        let trusted = match crate::tls::query_param(url, crate::tls::AMQP_CA_PARAM) {
-            Some(ca) => format!("the system's root certificates and {ca}"),
-            None => "the system's root certificates (set TLS_CA_FILE for a private CA)".into(),
-        };
-        return e.context(format!(
-            "TLS: the broker's certificate is not trusted by {trusted}"
-        ));
-    }
-    e
+    connected.map_err(|e| match url.starts_with("amqps://") {
+        true => crate::tls::explain_certificate_error(
+            e.into(),
+            "the broker",
+            crate::tls::query_param(url, crate::tls::AMQP_CA_PARAM),
+        ),
+        false => e.into(),
+    })
 }
 
 /// Closes `conn`, waiting at most 2 s for the broker's answer.

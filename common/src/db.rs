@@ -258,7 +258,8 @@ async fn open_postgres(
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .with_context(|| format!("connecting to {}", redact(url)))?;
+            .with_context(|| format!("connecting to {}", redact(url)))
+            .map_err(|e| explain_tls(url, e))?;
         // Two services may race to create their schemas in a fresh database.
         if let Err(e) = setup.execute(sqlx::AssertSqlSafe(create)).await
             && !e.to_string().contains("already exists")
@@ -282,6 +283,13 @@ async fn open_postgres(
         .connect(url)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))
+        .map_err(|e| explain_tls(url, e))
+}
+
+/// A refused server certificate says what was trusted (see [`crate::tls`]).
+fn explain_tls(url: &str, e: anyhow::Error) -> anyhow::Error {
+    let ca = crate::tls::query_param(url, "sslrootcert");
+    crate::tls::explain_certificate_error(e, "PostgreSQL", ca)
 }
 
 async fn migrate(pool: &AnyPool, migrator: &'static Migrator) -> anyhow::Result<()> {

@@ -125,6 +125,26 @@ pub fn check_url_ca(url: &str, param: &str) -> Result<(), String> {
         .map_err(|problem| format!("{param}={value} {problem}"))
 }
 
+/// `e` with what was trusted and how to trust more, when it is the refusal of a server's
+/// certificate (`ca`: the CA file the connection trusted beside the system's roots).
+pub fn explain_certificate_error(
+    e: anyhow::Error,
+    server: &str,
+    ca: Option<String>,
+) -> anyhow::Error {
+    let text = format!("{e:#}");
+    if !text.contains("certificate") && !text.contains("Certificate") {
+        return e;
+    }
+    let trusted = match ca {
+        Some(ca) => format!("the system's root certificates and {ca}"),
+        None => "the system's root certificates (set TLS_CA_FILE for a private CA)".into(),
+    };
+    e.context(format!(
+        "TLS: {server}'s certificate is not trusted by {trusted}"
+    ))
+}
+
 /// The TLS settings of a connection to `url`: the certificates of its `cacertfile`, trusted
 /// beside the system's roots. Only `amqps://` URLs use them.
 pub fn amqp_tls_config(url: &str) -> anyhow::Result<lapin::tcp::OwnedTLSConfig> {
