@@ -40,7 +40,8 @@ use tokio_rustls::{
     },
 };
 
-/// A CA of the test's own and a certificate it signed for `localhost` and 127.0.0.1.
+/// A CA of the test's own and a certificate it signed for `localhost`, 127.0.0.1,
+/// 127.0.0.2 and ::1.
 struct Pki {
     _dir: tempfile::TempDir,
     /// The CA certificate, PEM, as `TLS_CA_FILE` wants it.
@@ -72,8 +73,10 @@ impl Pki {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
 
-        let mut server =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let mut server = CertificateParams::new(
+            ["localhost", "127.0.0.1", "127.0.0.2", "::1"].map(String::from),
+        )
+        .unwrap();
         server
             .distinguished_name
             .push(DnType::CommonName, "localhost");
@@ -129,7 +132,17 @@ async fn tls_proxy(
     upstream: &'static str,
     protocol: Upstream,
 ) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tls_proxy_on("127.0.0.1", acceptor, upstream, protocol).await
+}
+
+/// [`tls_proxy`] on `ip`.
+async fn tls_proxy_on(
+    ip: &str,
+    acceptor: TlsAcceptor,
+    upstream: &'static str,
+    protocol: Upstream,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let sessions = Arc::new(AtomicUsize::new(0));
     let counted = sessions.clone();
@@ -246,6 +259,28 @@ async fn an_order_succeeds_over_amqps_trusting_the_ca_of_tls_ca_file() {
         "the services' connections went through the TLS proxy"
     );
     m.stop().await.expect("drains cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqps_url_may_name_the_broker_by_its_ip_address() {
+    // Loopback addresses, but not 127.0.0.1, which "localhost" resolves to: the connection
+    // must go to the address in the URL, and the certificate be checked against it.
+    let pki = Pki::new();
+    let vhost = Vhost::create();
+    for (ip, host) in [("127.0.0.2", "127.0.0.2"), ("::1", "[::1]")] {
+        let (port, sessions) =
+            tls_proxy_on(ip, pki.acceptor(), "127.0.0.1:5672", Upstream::Amqp).await;
+        let url = format!(
+            "amqps://guest:guest@{host}:{port}/{}?cacertfile={}",
+            vhost.name,
+            pki.ca()
+        );
+        let conn = common::bus::open_connection(&url, "tls-test", Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("connects to {host} over TLS: {e:#}"));
+        common::bus::close(&conn, "done").await;
+        assert_eq!(sessions.load(Ordering::Relaxed), 1, "{host}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

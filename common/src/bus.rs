@@ -218,6 +218,11 @@ pub async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::R
         .parse()
         .map_err(|e| anyhow::anyhow!("AMQP_URL {}: {e}", redact(url)))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    // The parser takes the host for a domain name, or else "localhost": an IPv6 address
+    // ([::1]) became "localhost".
+    if let Some(ip) = ip_host(url) {
+        uri.authority.host = ip;
+    }
     let tls = crate::tls::amqp_tls_config(url)?;
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
     let connected = tokio::time::timeout(
@@ -234,6 +239,16 @@ pub async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::R
         ),
         false => e.into(),
     })
+}
+
+/// The host of `url` when it is an IPv6 address (an IPv4 one is taken as a name, which
+/// serves as well: TLS checks it as an address either way).
+fn ip_host(url: &str) -> Option<String> {
+    match url::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(ip) => Some(ip.to_string()),
+        url::Host::Ipv6(ip) => Some(ip.to_string()),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// Closes `conn`, waiting at most 2 s for the broker's answer.

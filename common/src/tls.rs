@@ -65,7 +65,7 @@ impl CaFile {
 pub fn query_param(url: &str, key: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
     let query = query.split('#').next().unwrap_or(query);
-    form_urlencoded::parse(query.as_bytes())
+    url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
@@ -81,7 +81,7 @@ fn with_param(url: &str, key: &str, value: &str) -> String {
         Some((_, q)) if q.is_empty() || q.ends_with('&') => "",
         Some(_) => "&",
     };
-    let value: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let value: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
     let mut out = format!("{base}{separator}{key}={value}");
     if let Some(f) = fragment {
         out.push('#');
