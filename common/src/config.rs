@@ -160,7 +160,12 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "(unset: no tracing)",
-        "OTLP collector, e.g. http://signoz-otel-collector:4317 (grpc) or :4318 (http)",
+        "OTLP collector, e.g. http://signoz-otel-collector:4317 (grpc) or :4318 (http); https:// is TLS",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "TLS_CA_FILE",
+        "PEM CA trusted beside the system's roots by an https:// collector",
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
