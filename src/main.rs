@@ -26,6 +26,8 @@ fn help() -> String {
 }
 
 fn main() -> ExitCode {
+    // Before any TLS connection (broker, database, collector): one crypto provider.
+    common::tls::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let target = match args.as_slice() {
         [] => "all".to_string(),

@@ -211,20 +211,44 @@ async fn connect(url: &str, service: &str) -> anyhow::Result<Connection> {
 /// nothing. At 16 KiB it is 1 MiB; a larger message simply takes several frames.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
-/// A connection named `name` (as RabbitMQ lists it), or an error after `wait`.
-async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::Result<Connection> {
+/// A connection named `name` (as RabbitMQ lists it), or an error after `wait`. An
+/// `amqps://` URL is TLS, trusting the system's roots and the URL's `cacertfile`.
+pub async fn open_connection(url: &str, name: &str, wait: Duration) -> anyhow::Result<Connection> {
     let mut uri: lapin::uri::AMQPUri = url
         .parse()
         .map_err(|e| anyhow::anyhow!("AMQP_URL {}: {e}", redact(url)))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    // The parser takes the host for a domain name, or else "localhost": an IPv6 address
+    // ([::1]) became "localhost".
+    if let Some(ip) = ip_host(url) {
+        uri.authority.host = ip;
+    }
+    let tls = crate::tls::amqp_tls_config(url)?;
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    tokio::time::timeout(
+    let connected = tokio::time::timeout(
         wait,
-        Connection::connect_uri_with_runtime(uri, props, async_rs::Runtime::tokio_current()),
+        Connection::connect_uri_with_config(uri, props, tls, async_rs::Runtime::tokio_current()),
     )
     .await
-    .context("connecting timed out")?
-    .map_err(Into::into)
+    .context("connecting timed out")?;
+    connected.map_err(|e| match url.starts_with("amqps://") {
+        true => crate::tls::explain_certificate_error(
+            e.into(),
+            "the broker",
+            crate::tls::query_param(url, crate::tls::AMQP_CA_PARAM),
+        ),
+        false => e.into(),
+    })
+}
+
+/// The host of `url` when it is an IPv6 address (an IPv4 one is taken as a name, which
+/// serves as well: TLS checks it as an address either way).
+fn ip_host(url: &str) -> Option<String> {
+    match url::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(ip) => Some(ip.to_string()),
+        url::Host::Ipv6(ip) => Some(ip.to_string()),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// Closes `conn`, waiting at most 2 s for the broker's answer.

@@ -63,6 +63,9 @@ pub struct Config {
     /// Purchases per second per client address, with a burst (`PURCHASE_RATE_LIMIT`,
     /// `PURCHASE_RATE_BURST`); None (the default) limits nothing.
     pub purchase_rate_limit: Option<crate::rate_limit::RateLimit>,
+    /// `TLS_CA_FILE`: a CA trusted beside the system's roots. It is already in `amqp_url`
+    /// (`cacertfile=`) and `database_url` (`sslrootcert=`) unless they named their own.
+    pub tls_ca_file: Option<crate::tls::CaFile>,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -187,12 +190,22 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "PURCHASE_RATE_LIMIT",
         "purchases a client may send at once under PURCHASE_RATE_LIMIT",
     ),
+    (
+        "TLS_CA_FILE",
+        "(unset: system roots)",
+        "PEM CA trusted beside the system's roots by amqps://, PostgreSQL sslmode=verify-* and https:// OTLP",
+    ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
     (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "(unset: no tracing)",
-        "OTLP collector, e.g. http://signoz-otel-collector:4317 (grpc) or :4318 (http)",
+        "OTLP collector, e.g. http://signoz-otel-collector:4317 (grpc) or :4318 (http); https:// is TLS",
+    ),
+    (
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "TLS_CA_FILE",
+        "PEM CA trusted beside the system's roots by an https:// collector",
     ),
     (
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -249,7 +262,7 @@ impl Config {
     /// Reads the configuration through `lookup`, so tests need not touch the process env.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let amqp_url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+        let mut amqp_url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(err(
                 "AMQP_URL",
@@ -263,7 +276,7 @@ impl Config {
             "0.0.0.0:8000".parse().unwrap(),
         )?;
         let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| "./data".into()));
-        let database_url = var("DATABASE_URL");
+        let mut database_url = var("DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -311,6 +324,7 @@ impl Config {
         let http = http_limits(&var)?;
         let purchase_rate_limit =
             rate_limit(var("PURCHASE_RATE_LIMIT"), var("PURCHASE_RATE_BURST"))?;
+        let tls_ca_file = tls_ca(&mut amqp_url, &mut database_url, var("TLS_CA_FILE"))?;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -332,6 +346,7 @@ impl Config {
             metrics_addr,
             http,
             purchase_rate_limit,
+            tls_ca_file,
         })
     }
 }
@@ -373,6 +388,33 @@ fn rate_limit(
         per_second: per_second as u32,
         burst: burst as u32,
     }))
+}
+
+/// `TLS_CA_FILE`, read and checked, and added to the URLs that name no CA of their own; a
+/// CA file a URL names is checked too, so that a wrong path stops the start rather than
+/// every connection attempt.
+fn tls_ca(
+    amqp_url: &mut String,
+    database_url: &mut Option<String>,
+    file: Option<String>,
+) -> Result<Option<crate::tls::CaFile>, ConfigError> {
+    use crate::tls;
+    let ca = match file {
+        Some(path) => Some(tls::CaFile::read(&path).map_err(|p| err("TLS_CA_FILE", &path, &p))?),
+        None => None,
+    };
+    if let Some(ca) = &ca {
+        *amqp_url = tls::amqp_url_with_ca(amqp_url, &ca.path);
+        *database_url = database_url
+            .take()
+            .map(|url| tls::postgres_url_with_ca(&url, &ca.path));
+    }
+    tls::check_url_ca(amqp_url, tls::AMQP_CA_PARAM)
+        .map_err(|p| err("AMQP_URL", &redact(amqp_url), &p))?;
+    if let Some(url) = database_url {
+        tls::check_url_ca(url, "sslrootcert").map_err(|p| err("DATABASE_URL", &redact(url), &p))?;
+    }
+    Ok(ca)
 }
 
 /// The operator token from `ADMIN_TOKEN` or from the file `ADMIN_TOKEN_FILE` names (its
@@ -631,6 +673,49 @@ mod tests {
         assert_eq!(both.unwrap_err().variable, "ADMIN_TOKEN_FILE");
         let missing = config(&[("ADMIN_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
         assert_eq!(missing.variable, "ADMIN_TOKEN_FILE");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_tls_ca_file_is_checked_and_reaches_both_urls() {
+        let dir = std::env::temp_dir().join(format!("tls-ca-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        // PEM framing is what is checked here; the handshake checks the certificate.
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let path = ca.to_str().unwrap();
+        let c = config(&[
+            ("TLS_CA_FILE", path),
+            ("AMQP_URL", "amqps://u:p@broker/v"),
+            ("DATABASE_URL", "postgres://u@db/m?sslmode=verify-full"),
+        ])
+        .unwrap();
+        assert_eq!(c.tls_ca_file.as_ref().unwrap().path, path);
+        let param = |url: &str, k| crate::tls::query_param(url, k);
+        assert_eq!(param(&c.amqp_url, "cacertfile").as_deref(), Some(path));
+        let db = c.database_url.unwrap();
+        assert_eq!(param(&db, "sslrootcert").as_deref(), Some(path));
+        assert_eq!(param(&db, "sslmode").as_deref(), Some("verify-full"));
+
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, "no certificate here").unwrap();
+        for bad in [garbage.to_str().unwrap(), "/nonexistent/ca.pem"] {
+            let e = config(&[("TLS_CA_FILE", bad)]).unwrap_err();
+            assert_eq!(e.variable, "TLS_CA_FILE");
+        }
+        let e = config(&[(
+            "DATABASE_URL",
+            "postgres://db/m?sslrootcert=/nonexistent/ca.pem",
+        )]);
+        assert_eq!(e.unwrap_err().variable, "DATABASE_URL");
+        let e = config(&[("AMQP_URL", "amqps://u:p@b/v?cacertfile=/nonexistent/ca.pem")]);
+        let e = e.unwrap_err();
+        assert_eq!(e.variable, "AMQP_URL");
+        assert!(!e.to_string().contains(":p@"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -249,6 +249,7 @@ async fn open_postgres(
     pool_size: u32,
     create_schema: bool,
 ) -> anyhow::Result<AnyPool> {
+    crate::tls::install_crypto_provider();
     let set_path = format!("SET search_path TO \"{schema}\"");
     if create_schema {
         let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
@@ -257,7 +258,8 @@ async fn open_postgres(
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
-            .with_context(|| format!("connecting to {}", redact(url)))?;
+            .with_context(|| format!("connecting to {}", redact(url)))
+            .map_err(|e| explain_tls(url, e))?;
         // Two services may race to create their schemas in a fresh database.
         if let Err(e) = setup.execute(sqlx::AssertSqlSafe(create)).await
             && !e.to_string().contains("already exists")
@@ -281,6 +283,13 @@ async fn open_postgres(
         .connect(url)
         .await
         .with_context(|| format!("connecting to {}", redact(url)))
+        .map_err(|e| explain_tls(url, e))
+}
+
+/// A refused server certificate says what was trusted (see [`crate::tls`]).
+fn explain_tls(url: &str, e: anyhow::Error) -> anyhow::Error {
+    let ca = crate::tls::query_param(url, "sslrootcert");
+    crate::tls::explain_certificate_error(e, "PostgreSQL", ca)
 }
 
 async fn migrate(pool: &AnyPool, migrator: &'static Migrator) -> anyhow::Result<()> {

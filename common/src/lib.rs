@@ -22,5 +22,6 @@ pub mod shutdown;
 pub mod strict_json;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod topology;
 pub mod worker;

@@ -51,10 +51,11 @@ pub(crate) async fn measure_ceiling(
     let connect = || async {
         tokio::time::timeout(
             Duration::from_secs(10),
-            lapin::Connection::connect_with_runtime(
+            lapin::Connection::connect_with_config(
                 amqp_url,
                 lapin::ConnectionProperties::default()
                     .with_connection_name("marketplace-loadgen-ceiling".into()),
+                common::tls::amqp_tls_config(amqp_url)?,
                 async_rs::Runtime::tokio_current(),
             ),
         )

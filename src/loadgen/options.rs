@@ -238,6 +238,10 @@ impl Options {
         if metrics_urls.is_empty() {
             metrics_urls.push(url.clone());
         }
+        // The ceiling's broker may be behind a private CA, like the services'.
+        if let Some(ca) = env("TLS_CA_FILE").filter(|s| !s.is_empty()) {
+            amqp_url = common::tls::amqp_url_with_ca(&amqp_url, &ca);
+        }
         Ok(Command::Run(Box::new(Options {
             url,
             load,

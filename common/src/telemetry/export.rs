@@ -152,6 +152,7 @@ impl Installed {
         let runtime = self.runtime.as_ref().expect("runtime until shutdown");
         // tonic's lazy channel spawns onto the runtime it is built in.
         let _enter = runtime.enter();
+        crate::tls::install_crypto_provider();
         let inner = match s.protocol {
             Protocol::Grpc => {
                 let mut headers = axum::http::HeaderMap::new();
@@ -165,15 +166,27 @@ impl Installed {
                 }
                 let metadata =
                     opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers);
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(s.endpoint.clone())
-                    .with_timeout(s.timeout)
-                    .with_metadata(metadata)
-                    .build()?
+                let build = |native_roots: bool| {
+                    let builder = opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .with_endpoint(s.endpoint.clone())
+                        .with_timeout(s.timeout)
+                        .with_metadata(metadata.clone());
+                    match s.endpoint.starts_with("https://") {
+                        true => builder.with_tls_config(grpc_tls(s, native_roots)).build(),
+                        false => builder.build(),
+                    }
+                };
+                // tonic refuses a system without root certificates even when the CA file
+                // is all the collector needs: then the CA file alone.
+                match build(true) {
+                    Err(_) if s.ca.is_some() => build(false)?,
+                    built => built?,
+                }
             }
             Protocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(http_client(s)?)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(s.endpoint.clone())
                 .with_timeout(s.timeout)
@@ -224,6 +237,36 @@ impl Installed {
             let _ = s.join();
         }
     }
+}
+
+/// TLS of the gRPC exporter: the system's roots (`native_roots`) and the CA file.
+fn grpc_tls(
+    s: &Settings,
+    native_roots: bool,
+) -> opentelemetry_otlp::tonic_types::transport::ClientTlsConfig {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+    let mut tls = ClientTlsConfig::new();
+    if native_roots {
+        tls = tls.with_native_roots();
+    }
+    if let Some(ca) = &s.ca {
+        tls = tls.ca_certificate(Certificate::from_pem(&ca.pem));
+    }
+    tls
+}
+
+/// The HTTP exporter's client: rustls, the system's roots and the CA file, the export
+/// timeout (the exporter's default client, but for the CA file).
+fn http_client(s: &Settings) -> anyhow::Result<reqwest::Client> {
+    let mut client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(s.timeout);
+    if let Some(ca) = &s.ca {
+        for cert in reqwest::Certificate::from_pem_bundle(&ca.pem)? {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    Ok(client.build()?)
 }
 
 impl Drop for Installed {

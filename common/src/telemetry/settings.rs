@@ -33,6 +33,9 @@ pub struct Settings {
     pub sampler: Sampler,
     /// Bound on one export request; a slow collector costs at most this, in the background.
     pub timeout: Duration,
+    /// A CA trusted beside the system's roots by an `https://` endpoint:
+    /// `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, else `TLS_CA_FILE`.
+    pub ca: Option<crate::tls::CaFile>,
 }
 
 /// The export timeout when `OTEL_EXPORTER_OTLP_TIMEOUT` is unset (the specification's).
@@ -137,6 +140,36 @@ impl Settings {
             },
             None => DEFAULT_TIMEOUT,
         };
+        let ca_var = [
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "TLS_CA_FILE",
+        ]
+        .into_iter()
+        .find_map(|name| var(name).map(|path| (name, path)));
+        let ca = match ca_var {
+            Some((name, path)) => {
+                Some(crate::tls::CaFile::read(&path).map_err(|p| invalid(name, path, &p))?)
+            }
+            None => None,
+        };
+        // Refused rather than ignored: a collector that asks for a client certificate would
+        // refuse every export.
+        for name in [
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+        ] {
+            if let Some(v) = var(name) {
+                return Err(invalid(
+                    name,
+                    v,
+                    "client certificates (mutual TLS) are not supported: authenticate with \
+                     OTEL_EXPORTER_OTLP_HEADERS (e.g. an ingestion key) instead",
+                ));
+            }
+        }
         Ok(Some(Settings {
             endpoint,
             protocol,
@@ -145,6 +178,7 @@ impl Settings {
             resource_attributes,
             sampler: sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?,
             timeout,
+            ca,
         }))
     }
 
@@ -161,22 +195,16 @@ impl Settings {
     }
 }
 
-/// An endpoint URL. `https://` is refused at start, with the way round it, rather than
-/// accepted and then failing every export: the exporters are built without TLS.
+/// An endpoint URL: `http://`, or `https://` (TLS, trusting the system's roots and the CA
+/// file of [`Settings::ca`]).
 fn checked_url(variable: &'static str, value: String) -> Result<String, ConfigError> {
-    let problem = if value.starts_with("http://") {
+    if value.starts_with("http://") || value.starts_with("https://") {
         return Ok(value);
-    } else if value.starts_with("https://") {
-        "https:// needs TLS, which this build's exporters do not have: send to a collector \
-         over http:// (SigNoz's own, in the cluster, or an OpenTelemetry Collector that \
-         forwards to SigNoz Cloud)"
-    } else {
-        "expected an http:// URL"
-    };
+    }
     Err(ConfigError {
         variable,
         value,
-        problem: problem.into(),
+        problem: "expected an http:// or https:// URL".into(),
     })
 }
 
@@ -300,6 +328,11 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(exact.endpoint, "http://t:9/x");
+        let https = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(https.endpoint, "https://c:4318/v1/traces");
+        assert!(https.ca.is_none());
     }
 
     #[test]
@@ -314,10 +347,21 @@ mod tests {
             e(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")]),
             "OTEL_EXPORTER_OTLP_ENDPOINT"
         );
-        let https = settings(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c:443")]);
-        let https = https.unwrap_err();
-        assert_eq!(https.variable, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-        assert!(https.problem.contains("needs TLS"), "{}", https.problem);
+        assert_eq!(
+            e(&[
+                ep,
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+            ]),
+            "OTEL_EXPORTER_OTLP_CERTIFICATE"
+        );
+        assert_eq!(
+            e(&[ep, ("TLS_CA_FILE", "/nonexistent/ca.pem")]),
+            "TLS_CA_FILE"
+        );
+        assert_eq!(
+            e(&[ep, ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/k.pem")]),
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY"
+        );
         assert_eq!(
             e(&[ep, ("OTEL_TRACES_SAMPLER", "sometimes")]),
             "OTEL_TRACES_SAMPLER"
