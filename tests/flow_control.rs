@@ -1,6 +1,6 @@
 //! Overload is absorbed, not turned into failures: a burst far larger than the sagas the
 //! manager may run at once waits in its queue and ends all SUCCESS, although each step has
-//! only 300 ms; and past the backlog bound the edge refuses a purchase (503, Retry-After)
+//! only 500 ms; and past the backlog bound the edge refuses a purchase (503, Retry-After)
 //! before anything is stored, so that every 202 is an order that completes.
 
 mod support;
@@ -34,12 +34,20 @@ async fn series(base_url: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// The tests of this file run one at a time: each runs a burst, and two bursts at once on
+/// two cores would measure each other, not the flow control.
+static ONE_BURST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_sagas_in_flight_ends_all_success_with_a_short_step_timeout() {
+    let _alone = ONE_BURST_AT_A_TIME.lock().await;
     const BOUND: usize = 8;
     const ORDERS: usize = 300;
+    // Short enough that without the bound the burst's queued commands time out by the
+    // hundred (each step would wait behind up to 300 others); long enough that one pause of
+    // a debug build on a shared machine is not a deadline.
     let m = InProcess::start(&[
-        ("STEP_TIMEOUT_MS", "300".into()),
+        ("STEP_TIMEOUT_MS", "500".into()),
         ("MAX_SAGAS_IN_FLIGHT", BOUND.to_string()),
         ("INITIAL_STOCK", "100000".into()),
     ])
@@ -130,6 +138,7 @@ async fn orders(base_url: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_backlog_bound_a_purchase_is_refused_before_anything_is_stored() {
+    let _alone = ONE_BURST_AT_A_TIME.lock().await;
     common::telemetry::init("test");
     let vhost = Vhost::create();
     let data = tempfile::tempdir().unwrap();
