@@ -175,8 +175,16 @@ impl InProcess {
         listener: tokio::net::TcpListener,
         extra: &[(&str, String)],
     ) -> InProcess {
+        Self::start_with(listener, Vhost::create(), extra).await
+    }
+
+    /// [`InProcess::start_on`] on `vhost` (whose URL `extra` may override, e.g. with TLS).
+    pub async fn start_with(
+        listener: tokio::net::TcpListener,
+        vhost: Vhost,
+        extra: &[(&str, String)],
+    ) -> InProcess {
         common::telemetry::init("test");
-        let vhost = Vhost::create();
         let data = tempfile::tempdir().unwrap();
         let env = environment(&vhost, data.path(), extra);
         let config =

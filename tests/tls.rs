@@ -21,7 +21,7 @@ use std::{
 };
 
 use axum::{http::StatusCode, routing::post};
-use common::{config::Config, shutdown::Shutdown};
+use common::config::Config;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
@@ -188,28 +188,8 @@ async fn relay(
 
 /// The whole marketplace in-process on `vhost` (whose URL `extra` may override).
 async fn start_on(vhost: Vhost, extra: &[(&str, String)]) -> InProcess {
-    common::telemetry::init("test");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let env = environment(&vhost, data.path(), extra);
-    let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test configuration");
-    let base_url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(marketplace::serve(
-        "all",
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    let m = InProcess {
-        base_url,
-        shutdown,
-        task,
-        _data: data,
-        _vhost: vhost,
-    };
-    wait_until_ready(&m.base_url).await;
-    m
+    InProcess::start_with(listener, vhost, extra).await
 }
 
 /// One order placed and followed to its end; returns it.
