@@ -1,6 +1,6 @@
 //! Overload is absorbed, not turned into failures: a burst far larger than the sagas the
 //! manager may run at once waits in its queue and ends all SUCCESS, although each step has
-//! only 500 ms; and past the backlog bound the edge refuses a purchase (503, Retry-After)
+//! only 300 ms; and past the backlog bound the edge refuses a purchase (503, Retry-After)
 //! before anything is stored, so that every 202 is an order that completes.
 
 mod support;
@@ -43,11 +43,10 @@ async fn a_burst_larger_than_the_sagas_in_flight_ends_all_success_with_a_short_s
     let _alone = ONE_BURST_AT_A_TIME.lock().await;
     const BOUND: usize = 8;
     const ORDERS: usize = 300;
-    // Short enough that without the bound the burst's queued commands time out by the
-    // hundred (each step would wait behind up to 300 others); long enough that one pause of
-    // a debug build on a shared machine is not a deadline.
+    // Short enough that without the bound the burst's queued commands time out (each step
+    // waits behind up to 300 others); with it, each waits behind at most 8.
     let m = InProcess::start(&[
-        ("STEP_TIMEOUT_MS", "500".into()),
+        ("STEP_TIMEOUT_MS", "300".into()),
         ("MAX_SAGAS_IN_FLIGHT", BOUND.to_string()),
         ("INITIAL_STOCK", "100000".into()),
     ])
