@@ -258,8 +258,11 @@ fn grpc_tls(
 /// The HTTP exporter's client: rustls, the system's roots and the CA file, the export
 /// timeout (the exporter's default client, but for the CA file).
 fn http_client(s: &Settings) -> anyhow::Result<reqwest::Client> {
+    // The system's roots only for https://: loading them parses the whole certificate
+    // store, once per service, and delayed the first orders of a debug build by seconds.
     let mut client = reqwest::Client::builder()
         .use_rustls_tls()
+        .tls_built_in_root_certs(s.endpoint.starts_with("https://"))
         .timeout(s.timeout);
     if let Some(ca) = &s.ca {
         for cert in reqwest::Certificate::from_pem_bundle(&ca.pem)? {
