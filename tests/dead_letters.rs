@@ -20,11 +20,11 @@ use common::{
     topology,
 };
 use lapin::{
-    BasicProperties, Channel,
-    options::{BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions},
+    Channel,
+    options::{BasicGetOptions, BasicRejectOptions, ConfirmSelectOptions},
 };
 use serde_json::{Value, json};
-use support::{InProcess, Vhost, client, wait_for, wait_for_readyz};
+use support::{InProcess, Vhost, client, publish_confirmed, wait_for, wait_for_readyz};
 
 // ---- helpers ------------------------------------------------------------------------------
 
@@ -83,36 +83,6 @@ async fn channel(amqp_url: &str) -> (Channel, Shutdown) {
         .await
         .unwrap();
     (channel, stop)
-}
-
-/// Publishes `body` and waits for the broker's confirm.
-async fn publish(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    message_id: Option<&str>,
-    correlation_id: Option<&str>,
-    body: &[u8],
-) {
-    let mut props = BasicProperties::default().with_delivery_mode(2);
-    if let Some(id) = message_id {
-        props = props.with_message_id(id.into());
-    }
-    if let Some(c) = correlation_id {
-        props = props.with_correlation_id(c.into());
-    }
-    channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            props,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 }
 
 /// Takes the next message of `queue` (waiting for one) and rejects it: the broker
@@ -208,7 +178,7 @@ async fn garbage_in_worker_queues_is_stored_listed_filtered_paged_shown_and_reso
     let mut ids = Vec::new();
     for i in 0..3 {
         let id = format!("garbage-order-{run}-{i}");
-        publish(
+        publish_confirmed(
             &ch,
             "",
             topology::ORDER_QUEUE,
@@ -222,7 +192,7 @@ async fn garbage_in_worker_queues_is_stored_listed_filtered_paged_shown_and_reso
     for i in 0..2 {
         let id = format!("garbage-payment-{run}-{i}");
         let body = format!("{{\"garbage\": {i}}}");
-        publish(
+        publish_confirmed(
             &ch,
             topology::EXCHANGE,
             "command.payment",
@@ -233,7 +203,7 @@ async fn garbage_in_worker_queues_is_stored_listed_filtered_paged_shown_and_reso
         .await;
         ids.push(id);
     }
-    publish(
+    publish_confirmed(
         &ch,
         "",
         topology::DELIVERY_QUEUE,
@@ -443,7 +413,7 @@ async fn a_replayed_command_keeps_its_message_id_and_is_applied_once_however_oft
     let message_id = uuid::Uuid::now_v7().to_string();
     let body = serde_json::to_vec(&cmd).unwrap();
     let key = topology::step_key(Step::ChargePayment);
-    publish(
+    publish_confirmed(
         &ch,
         topology::EXCHANGE,
         key,
@@ -695,7 +665,7 @@ async fn on_postgresql_a_letter_is_stored_listed_replayed_and_resolved_too() {
     let base = &m.base_url;
     let (ch, _stop) = channel(&m._vhost.amqp_url()).await;
     let message_id = format!("pg-garbage-{}", uuid::Uuid::new_v4().simple());
-    publish(
+    publish_confirmed(
         &ch,
         "",
         topology::INVENTORY_QUEUE,

@@ -120,23 +120,16 @@ async fn with_a_token_none_is_401_a_wrong_one_403_and_the_right_one_passes() {
     )
     .await;
     final_order(&m.base_url, &order_id, std::time::Duration::from_secs(10)).await;
-    let conn = amqp_connection_to(&m._vhost.amqp_url()).await;
-    let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    channel
-        .basic_publish(
-            common::topology::EXCHANGE.into(),
-            "command.payment".into(),
-            Default::default(),
-            b"not json",
-            lapin::BasicProperties::default()
-                .with_message_id("poison-1".into())
-                .with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let (_conn, channel) = confirming_channel(&m._vhost).await;
+    publish_confirmed(
+        &channel,
+        common::topology::EXCHANGE,
+        "command.payment",
+        Some("poison-1"),
+        None,
+        b"not json",
+    )
+    .await;
     let id = {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {

@@ -24,8 +24,8 @@ use common::{
     topology,
 };
 use lapin::{
-    BasicProperties, Channel,
-    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    Channel,
+    options::{BasicGetOptions, QueueDeclareOptions},
 };
 use serde_json::{Value, json};
 use support::*;
@@ -45,41 +45,6 @@ where
         assert!(started.elapsed() < BOUND, "{what}: not within {BOUND:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A channel with publisher confirms on `vhost`.
-async fn confirming_channel(vhost: &Vhost) -> (lapin::Connection, Channel) {
-    let conn = amqp_connection(vhost).await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    (conn, channel)
-}
-
-/// Publishes `body` persistently with `message_id` and waits for the broker's confirm.
-async fn publish(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    message_id: &str,
-    body: &[u8],
-) {
-    channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions::default(),
-            body,
-            BasicProperties::default()
-                .with_message_id(message_id.into())
-                .with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 }
 
 /// The dead letters (any status) stored with `message_id`.
@@ -144,11 +109,12 @@ async fn a_reply_for_a_saga_whose_row_cannot_be_read_is_dead_lettered_while_othe
     });
     let poison_id = format!("poison-{run}");
     let (_conn, channel) = confirming_channel(&m._vhost).await;
-    publish(
+    publish_confirmed(
         &channel,
         topology::EXCHANGE,
         topology::RK_STEP_REPLY,
-        &poison_id,
+        Some(&poison_id),
+        None,
         &serde_json::to_vec(&reply).unwrap(),
     )
     .await;
@@ -231,7 +197,7 @@ impl Rig {
             )
             .await
             .unwrap();
-        publish(&channel, "", QUEUE, message_id, b"{}").await;
+        publish_confirmed(&channel, "", QUEUE, Some(message_id), None, b"{}").await;
         Rig {
             _vhost: vhost,
             shutdown,

@@ -67,6 +67,48 @@ pub async fn amqp_connection_to(url: &str) -> lapin::Connection {
     .expect("connects to RabbitMQ")
 }
 
+/// A connection to `vhost` and a channel on it with publisher confirms.
+pub async fn confirming_channel(vhost: &Vhost) -> (lapin::Connection, lapin::Channel) {
+    let conn = amqp_connection(vhost).await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, channel)
+}
+
+/// Publishes `body` persistently (with `message_id` and `correlation_id` when given) on a
+/// channel with publisher confirms, and waits for the broker's confirm.
+pub async fn publish_confirmed(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    correlation_id: Option<&str>,
+    body: &[u8],
+) {
+    let mut props = lapin::BasicProperties::default().with_delivery_mode(2);
+    if let Some(id) = message_id {
+        props = props.with_message_id(id.into());
+    }
+    if let Some(c) = correlation_id {
+        props = props.with_correlation_id(c.into());
+    }
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// Runs `rabbitmqctl` and panics with its error output if it fails.
 pub fn rabbitmqctl_ok(args: &[&str]) {
     rabbitmqctl(args)
