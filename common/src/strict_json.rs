@@ -3,72 +3,79 @@
 //! reviewer (or a proxy, or a log) reading the first key believes was left alone.
 //! Defends against such request smuggling between parsers that disagree.
 
-use std::{collections::HashSet, fmt};
+use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 /// The body parsed as JSON, refused if any object in it (at any depth) repeats a key.
-/// The error says which key, for a 400.
-pub fn parse(body: &[u8]) -> Result<serde_json::Value, String> {
+/// The error says which key, for a 400. One pass: the document is built as it is checked.
+pub fn parse(body: &[u8]) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    Unique
-        .deserialize(&mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(body).map_err(|e| e.to_string())
+    let value = Unique.deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
 }
 
-/// Walks a JSON document, failing on the first repeated key of an object.
+/// Builds a JSON value as `serde_json::Value` would, failing on the first repeated key of
+/// an object.
 #[derive(Clone, Copy)]
 struct Unique;
 
 impl<'de> DeserializeSeed<'de> for Unique {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Unique {
-    type Value = ();
+    type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
-            map.next_value_seed(Unique)?;
+            let value = access.next_value_seed(Unique)?;
+            map.insert(key, value);
         }
-        Ok(())
+        Ok(Value::Object(map))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Unique)?.is_some() {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = access.next_element_seed(Unique)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
 }
 
@@ -91,6 +98,16 @@ mod tests {
         let v =
             parse(br#"{"a": 1, "b": {"a": 2}, "c": [1, "x", null, true, 1.5, {"a": 3}]}"#).unwrap();
         assert_eq!(v["b"]["a"], 2);
+        for doc in [
+            &br#"{"a": 1, "b": {"a": 2}, "c": [1, "x", null, true, 1.5, {"a": 3}]}"#[..],
+            br#"{"big": 18446744073709551615, "neg": -9223372036854775808, "f": 1e300, "s": "\u00e9\n"}"#,
+            b"[]",
+            b"3.0",
+        ] {
+            let ours = parse(doc).unwrap();
+            let theirs: Value = serde_json::from_slice(doc).unwrap();
+            assert_eq!(ours, theirs, "{}", String::from_utf8_lossy(doc));
+        }
         assert!(parse(b"[1, 2]").is_ok());
         assert!(parse(b"{").is_err());
         assert!(parse(b"{} {}").is_err());
