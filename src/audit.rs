@@ -916,9 +916,11 @@ const UNOWNED_CHARGES_SQL: &str = "\
 /// A user's orders (the first [`BOOK_ORDERS`] by id are read).
 const ACCOUNT_ORDERS_SQL: &str = "SELECT order_id FROM payments WHERE username = $1";
 
-/// Each product with the sums of its reservations.
+/// Each product with the sums of its reservations; what it opened with counts the
+/// operators' restocks.
 const PRODUCTS_SQL: &str = "\
-    SELECT pr.product AS name, pr.stock AS held, pr.opening_stock AS opening,
+    SELECT pr.product AS name, pr.stock AS held,
+           pr.opening_stock + COALESCE(rs.restocked, 0) AS opening,
            COALESCE(r.taken, 0) AS taken, COALESCE(r.order_count, 0) AS order_count
     FROM products pr LEFT JOIN (
         SELECT product,
@@ -926,6 +928,9 @@ const PRODUCTS_SQL: &str = "\
                COUNT(*) AS order_count
         FROM reservations GROUP BY product
     ) r ON r.product = pr.product
+    LEFT JOIN (
+        SELECT product, CAST(SUM(amount) AS BIGINT) AS restocked FROM restocks GROUP BY product
+    ) rs ON rs.product = pr.product
     ORDER BY pr.product";
 
 /// A product's orders (the first [`BOOK_ORDERS`] by id are read).

@@ -17,6 +17,7 @@ fn help() -> String {
     }
     s.push_str("  healthcheck  exit 0 if the process on HTTP_ADDR is ready (for container health checks)\n");
     s.push_str("  audit [--grace-ms N]\n               check the five invariants across every service's store; prints JSON,\n               exit 0 if they hold, 1 if not, 2 if a store cannot be read\n");
+    s.push_str("  analytics rebuild\n               recompute the sales figures from the orders read model (DATA_DIR or\n               DATABASE_URL); safe while the marketplace runs\n");
     s.push_str("  loadgen ...  drive a running marketplace over HTTP and report throughput, latency and\n               messages per order (marketplace loadgen --help)\n");
     s.push_str("\nEnvironment:\n");
     for (name, default, what) in common::config::VARIABLES {
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         }
         [cmd] if cmd == "healthcheck" => return healthcheck(),
         [cmd, rest @ ..] if cmd == "audit" => return audit(rest),
+        [cmd, sub] if cmd == "analytics" && sub == "rebuild" => return rebuild_analytics(),
         [cmd, rest @ ..] if cmd == "loadgen" => return marketplace::loadgen::main(rest),
         [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
         _ => {
@@ -127,6 +129,41 @@ fn audit(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("marketplace audit: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `marketplace analytics rebuild`: the sales figures recomputed from the orders read
+/// model, in one transaction (the backend's consumer waits for it).
+fn rebuild_analytics() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("marketplace analytics: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rebuilt = runtime.block_on(async {
+        let shutdown = Shutdown::new();
+        let db = common::db::Db::open(&config, "backend", &backend::MIGRATIONS, &shutdown).await?;
+        let counted = backend::analytics::rebuild(&db).await?;
+        let summary = backend::api::analytics::summary_of(&db).await?;
+        shutdown.cancel();
+        anyhow::Ok((counted, summary))
+    });
+    match rebuilt {
+        Ok((counted, summary)) => {
+            let report = serde_json::json!({"orders_counted": counted, "summary": summary});
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("marketplace analytics rebuild: {e:#}");
             ExitCode::from(2)
         }
     }

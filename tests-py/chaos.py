@@ -24,7 +24,7 @@ from market import AMQP_HOST, FINAL_STATUSES, REPO, Marketplace, unique
 
 EXCHANGE = "marketplace"
 EVENTS_EXCHANGE = "marketplace.events"
-QUEUES = ("manager", "manager.orders", "order", "payment", "inventory", "delivery", "backend.events", "dead-letter")
+QUEUES = ("manager", "manager.orders", "order", "payment", "inventory", "inventory.restock", "delivery", "backend.events", "dead-letter")
 # x-delivery-limit of every quorum queue (common/src/topology.rs).
 DELIVERY_LIMIT = 5
 

@@ -165,8 +165,9 @@ def test_the_inventory_lists_late_token_with_its_stock(marketplace):
     assert r.status_code == 200
     items = r.json()
     assert isinstance(items, list) and len(items) == 1, items
-    assert set(items[0]) == {"product", "stock"}
+    assert set(items[0]) == {"product", "stock", "price"}
     assert items[0]["product"] == "late_token"
+    assert items[0]["price"] is None  # the buyer names the price (the compatibility contract)
     assert isinstance(items[0]["stock"], int) and 0 <= items[0]["stock"] <= marketplace.initial_stock
 
 

@@ -207,7 +207,9 @@ async fn stock(db: &Db) -> i64 {
 
 async fn inventory_rules(postgres: bool) {
     let s = store("inventory", &inventory::MIGRATIONS, postgres).await;
-    inventory::stock_product(&s.db, 50).await.unwrap();
+    inventory::stock_products(&s.db, &common::catalog::Catalog::single(50))
+        .await
+        .unwrap();
     // Restocking at a restart does not reset the stock.
     let i = inventory::Inventory;
     let a = OrderId::new();
@@ -215,7 +217,9 @@ async fn inventory_rules(postgres: bool) {
         run(&i, &s.db, &command(a, Step::ReserveStock, 1, 10)).await,
         StepResult::Done
     );
-    inventory::stock_product(&s.db, 50).await.unwrap();
+    inventory::stock_products(&s.db, &common::catalog::Catalog::single(50))
+        .await
+        .unwrap();
     assert_eq!(
         run(&i, &s.db, &command(a, Step::ReserveStock, 1, 10)).await,
         StepResult::Done

@@ -42,6 +42,9 @@ pub async fn start(
     let db = Db::open(&config, "backend", &MIGRATIONS, &shutdown)
         .await
         .context("opening the backend database")?;
+    analytics::catch_up(&db)
+        .await
+        .context("rebuilding the sales figures")?;
     let broker = Broker::start(&config.amqp_url, "backend", shutdown.clone());
     let parts: Vec<service::Part> = vec![
         Box::pin(bus::consume_batches(

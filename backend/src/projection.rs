@@ -37,7 +37,7 @@ impl Projection {
         let _span = telemetry::transaction("backend", &self.db, "projection", &Context::current());
         let mut tx = self.db.begin().await?;
         if inbox::first_delivery(&mut tx, message_id).await? {
-            apply_event(&mut tx, event).await?;
+            apply_events(&mut tx, std::slice::from_ref(event)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -53,12 +53,21 @@ fn events(msg: &Incoming) -> Result<Vec<Event>, HandlerError> {
     }
 }
 
+/// Applies `events` to the read models, and their final order updates to the sales figures.
+async fn apply_events(tx: &mut Tx, events: &[Event]) -> Result<(), HandlerError> {
+    for event in events {
+        apply_event(tx, event).await?;
+    }
+    let updates = events.iter().filter_map(|e| match e {
+        Event::OrderUpdated(u) => Some(u),
+        _ => None,
+    });
+    analytics::record_in(tx, updates).await
+}
+
 async fn apply_event(tx: &mut Tx, event: &Event) -> Result<(), HandlerError> {
     let changed = match event {
-        Event::OrderUpdated(u) => {
-            analytics::record_in(tx, u).await?;
-            store::orders::apply_update(tx, u).await?
-        }
+        Event::OrderUpdated(u) => store::orders::apply_update(tx, u).await?,
         Event::CreditsChanged(c) => store::accounts::apply_credits(tx, c).await?,
         Event::StockChanged(s) => store::accounts::apply_stock(tx, s).await?,
     };
@@ -83,9 +92,7 @@ impl BatchHandler for Projection {
             .collect();
         // Applying the others would be overwritten in the same transaction (an order's
         // final update is its newest).
-        for event in newest_only(fresh) {
-            apply_event(&mut tx, &event).await?;
-        }
+        apply_events(&mut tx, &newest_only(fresh)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -21,7 +21,7 @@ use sqlx::Row;
 use tower::ServiceExt;
 
 const PATH: &str = "/api/purchase/";
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use support::DEFAULT_PG_URL;
 
 /// A backend over a fresh store, without a socket and without RabbitMQ.
 struct App {

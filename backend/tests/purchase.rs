@@ -288,3 +288,58 @@ async fn false_fault_flags_are_accepted_when_fault_injection_is_off() {
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(app.outbox_backlog().await, 1);
 }
+
+#[tokio::test]
+async fn a_product_must_be_in_the_catalog_and_bought_at_its_catalog_price() {
+    let app = support::spawn_app_with(&[("PRODUCTS", "late_token=5,early_token=3@7")]).await;
+    for (body, field) in [
+        (
+            json!({"username": "ann", "price": 7, "amount": 1, "product": "gold"}),
+            "product",
+        ),
+        (
+            json!({"username": "ann", "price": 7, "amount": 1, "product": "bad name"}),
+            "product",
+        ),
+        (
+            json!({"username": "ann", "price": 7, "amount": 1, "product": 3}),
+            "product",
+        ),
+        (
+            json!({"username": "ann", "price": 6, "amount": 1, "product": "early_token"}),
+            "price",
+        ),
+    ] {
+        let r = app.post_json("/api/purchase/", &body).await;
+        support::assert_error(
+            &r,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some(field),
+        );
+    }
+    assert_eq!(
+        app.outbox_backlog().await,
+        0,
+        "a refused purchase stores nothing"
+    );
+
+    let r = app
+        .post_json(
+            "/api/purchase/",
+            &json!({"username": "ann", "price": 7, "amount": 1, "product": "early_token"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let order = app
+        .get(&format!(
+            "/api/orders/{}",
+            r.body["order_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(order.body["product"], "early_token");
+    // Without a product: late_token, at the buyer's price (the compatibility contract).
+    let id = app.buy("bob", 0, 1).await;
+    let order = app.get(&format!("/api/orders/{id}")).await;
+    assert_eq!(order.body["product"], "late_token");
+}

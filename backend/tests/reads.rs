@@ -215,7 +215,10 @@ async fn the_inventory_is_empty_until_inventory_reports_then_shows_the_newest_st
     app.project(stock(500, 1)).await;
     let r = app.get("/api/inventory").await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.body, json!([{"product": "late_token", "stock": 498}]));
+    assert_eq!(
+        r.body,
+        json!([{"product": "late_token", "stock": 498, "price": null}])
+    );
 }
 
 #[tokio::test]

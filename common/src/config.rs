@@ -33,8 +33,10 @@ pub struct Config {
     pub max_retry_ms: i64,
     /// Credits of a user seen for the first time.
     pub initial_credits: i64,
-    /// Stock of `late_token` when the inventory starts empty.
+    /// Stock of `late_token` when the inventory starts empty (unless `PRODUCTS` says).
     pub initial_stock: i64,
+    /// The products on sale (`PRODUCTS`); by default `late_token` with `INITIAL_STOCK`.
+    pub catalog: crate::catalog::Catalog,
     /// Whether the purchase API honours the test suite's fault flags.
     pub fault_injection: bool,
     /// How long a `timeout_<step>` fault stalls its worker (default: twice the step timeout).
@@ -105,6 +107,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ),
     ("INITIAL_CREDITS", "500", "credits of a new user"),
     ("INITIAL_STOCK", "500", "initial stock of late_token"),
+    (
+        "PRODUCTS",
+        "late_token=INITIAL_STOCK",
+        "the catalog: name=stock[@price],… (with a price, a purchase must name it)",
+    ),
     (
         "FAULT_INJECTION",
         "on",
@@ -296,6 +303,10 @@ impl Config {
         )?;
         let initial_credits = non_negative("INITIAL_CREDITS", var("INITIAL_CREDITS"), 500)?;
         let initial_stock = non_negative("INITIAL_STOCK", var("INITIAL_STOCK"), 500)?;
+        let catalog = match var("PRODUCTS") {
+            Some(v) => crate::catalog::Catalog::parse(&v).map_err(|e| err("PRODUCTS", &v, &e))?,
+            None => crate::catalog::Catalog::single(initial_stock),
+        };
         let fault_injection = switch("FAULT_INJECTION", var("FAULT_INJECTION"), true)?;
         let fault_stall_ms = positive(
             "FAULT_STALL_MS",
@@ -335,6 +346,7 @@ impl Config {
             max_retry_ms,
             initial_credits,
             initial_stock,
+            catalog,
             fault_injection,
             fault_stall_ms,
             shutdown_timeout: Duration::from_millis(shutdown_ms as u64),
@@ -535,6 +547,16 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn the_catalog_defaults_to_late_token_with_initial_stock_and_a_bad_one_names_products() {
+        let c = config(&[("INITIAL_STOCK", "7")]).unwrap();
+        assert_eq!(c.catalog, crate::catalog::Catalog::single(7));
+        let c = config(&[("PRODUCTS", "late_token=5,early_token=2@3")]).unwrap();
+        assert_eq!(c.catalog.to_string(), "late_token, early_token");
+        let e = config(&[("PRODUCTS", "late_token")]).unwrap_err();
+        assert_eq!(e.variable, "PRODUCTS");
     }
 
     #[test]

@@ -273,6 +273,9 @@ impl From<Quantity> for i64 {
 }
 
 /// What a buyer asked for. `total()` is always representable: `parse` refuses overflow.
+///
+/// `product` is left out of the JSON when it is [`Product::DEFAULT`], so the messages,
+/// saga states and idempotency fingerprints of the one-product marketplace read the same.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RawTerms")]
 pub struct OrderTerms {
@@ -280,6 +283,8 @@ pub struct OrderTerms {
     /// Price of one token, in credits.
     pub price: Credits,
     pub amount: Quantity,
+    #[serde(default, skip_serializing_if = "Product::is_default")]
+    pub product: Product,
 }
 
 #[derive(Deserialize)]
@@ -287,23 +292,33 @@ struct RawTerms {
     username: Username,
     price: Credits,
     amount: Quantity,
+    #[serde(default)]
+    product: Product,
 }
 
 impl TryFrom<RawTerms> for OrderTerms {
     type Error = InvalidValue;
     fn try_from(r: RawTerms) -> Result<Self, Self::Error> {
-        Self::new(r.username, r.price, r.amount)
+        Ok(Self::new(r.username, r.price, r.amount)?.of(r.product))
     }
 }
 
 impl OrderTerms {
+    /// Terms for [`Product::DEFAULT`]; [`OrderTerms::of`] names another product.
     pub fn new(username: Username, price: Credits, amount: Quantity) -> Result<Self, InvalidValue> {
         price.times(amount)?;
         Ok(Self {
             username,
             price,
             amount,
+            product: Product::default(),
         })
+    }
+
+    /// The same terms for `product`.
+    #[must_use]
+    pub fn of(self, product: Product) -> Self {
+        Self { product, ..self }
     }
 
     /// What the buyer is charged: price × amount.
@@ -314,8 +329,70 @@ impl OrderTerms {
     }
 }
 
-/// The single product the marketplace sells.
-pub const PRODUCT: &str = "late_token";
+/// The name of a product: 1 to 64 ASCII letters, digits, `_`, `-` or `.`, so that it is
+/// safe in a URL path, a log line and a metric label as it is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Product(String);
+
+impl Product {
+    /// The product the compatibility contract buys, and the default of a purchase.
+    pub const DEFAULT: &'static str = "late_token";
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(s: impl Into<String>) -> Result<Self, InvalidValue> {
+        let s = s.into();
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(InvalidValue::new(
+                "product",
+                format!("must be 1 to {} characters", Self::MAX_LEN),
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(InvalidValue::new(
+                "product",
+                format!("may hold ASCII letters, digits, '_', '-' and '.' only, got {c:?}"),
+            ));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+}
+
+impl Default for Product {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_string())
+    }
+}
+
+impl std::fmt::Display for Product {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for Product {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<Product> for String {
+    fn from(p: Product) -> Self {
+        p.0
+    }
+}
 
 /// An order's status as the compatibility contract names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

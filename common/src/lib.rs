@@ -3,6 +3,7 @@
 
 pub mod backoff;
 pub mod bus;
+pub mod catalog;
 pub mod config;
 pub mod db;
 pub mod domain;

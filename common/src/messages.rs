@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{OrderId, OrderStatus, OrderTerms, Username};
+use crate::domain::{OrderId, OrderStatus, OrderTerms, Product, Quantity, Username};
 
 /// Every step of the purchase saga: five forward steps and four compensations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -221,6 +221,17 @@ pub enum ManagerMessage {
     PlaceOrder(PlaceOrder),
     StepReply(StepReply),
     DeadLettered(DeadLettered),
+}
+
+/// An operator's restock (backend → inventory, on [`crate::topology::RESTOCK_QUEUE`]):
+/// `amount` more of `product`. `restock_id` makes it count once however often it is
+/// delivered; the audit adds the restocks to the opening stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restock {
+    pub restock_id: uuid::Uuid,
+    pub product: Product,
+    pub amount: Quantity,
+    pub requested_at_ms: i64,
 }
 
 /// One line of an order's timeline: what happened to which step, and when.

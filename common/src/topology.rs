@@ -22,6 +22,8 @@ pub const ORDER_QUEUE: &str = "order";
 pub const PAYMENT_QUEUE: &str = "payment";
 pub const INVENTORY_QUEUE: &str = "inventory";
 pub const DELIVERY_QUEUE: &str = "delivery";
+/// Operators' restocks ([`crate::messages::Restock`]), for the inventory.
+pub const RESTOCK_QUEUE: &str = "inventory.restock";
 /// Every event, for the backend's read models and sales figures (one consumer, one copy).
 pub const BACKEND_EVENTS_QUEUE: &str = "backend.events";
 pub const DEAD_LETTER_QUEUE: &str = "dead-letter";
@@ -30,6 +32,7 @@ pub const DEAD_LETTER_QUEUE: &str = "dead-letter";
 pub const RK_PLACE_ORDER: &str = "manager.place-order";
 pub const RK_STEP_REPLY: &str = "manager.step-reply";
 pub const RK_DEAD_LETTERED: &str = "manager.dead-lettered";
+pub const RK_RESTOCK: &str = "inventory.restock";
 /// Routing keys on [`EVENTS_EXCHANGE`].
 pub const RK_ORDER_UPDATED: &str = "event.order-updated";
 pub const RK_CREDITS_CHANGED: &str = "event.credits-changed";
@@ -109,6 +112,12 @@ pub const QUEUES: &[QueueSpec] = &[
         name: DELIVERY_QUEUE,
         exchange: EXCHANGE,
         bindings: &["command.delivery"],
+        dead_letters: true,
+    },
+    QueueSpec {
+        name: RESTOCK_QUEUE,
+        exchange: EXCHANGE,
+        bindings: &[RK_RESTOCK],
         dead_letters: true,
     },
     QueueSpec {

@@ -203,13 +203,26 @@ pub fn spawn<L: StepLogic>(
     config: &crate::config::Config,
     shutdown: &Shutdown,
 ) -> crate::service::Running {
+    spawn_with(name, db, logic, config, shutdown, |_| Vec::new())
+}
+
+/// [`spawn`], with the worker's other consumers: `more` makes them on the worker's broker.
+pub fn spawn_with<L: StepLogic>(
+    name: &'static str,
+    db: Db,
+    logic: L,
+    config: &crate::config::Config,
+    shutdown: &Shutdown,
+    more: impl FnOnce(&Broker) -> Vec<crate::service::Part>,
+) -> crate::service::Running {
     let broker = Broker::start(&config.amqp_url, name, shutdown.clone());
     let handler = StepHandler {
         logic,
         db: db.clone(),
         stall: Duration::from_millis(config.fault_stall_ms as u64),
     };
-    let parts = vec![consume(handler, broker.clone(), shutdown.clone())];
+    let mut parts = vec![consume(handler, broker.clone(), shutdown.clone())];
+    parts.extend(more(&broker));
     crate::service::spawn(name, db, broker, parts)
 }
 

@@ -1,25 +1,54 @@
-//! The inventory worker: stock of `late_token`. `inventory.reserve` takes `amount` off the
-//! stock (atomically, never below zero), `inventory.release` puts it back or leaves a
-//! tombstone.
+//! The inventory worker: stock per product. `inventory.reserve` takes `amount` of the
+//! order's product off its stock (atomically, never below zero), `inventory.release` puts
+//! it back or leaves a tombstone; operators' restocks arrive on a queue of their own.
 
+mod restock;
 mod store;
 
-use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
+use std::sync::Arc;
+
+use common::{
+    bus::{self, BatchOptions},
+    config::Config,
+    db::Db,
+    service,
+    shutdown::Shutdown,
+    topology, worker,
+};
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub use store::{Inventory, stock_product};
+pub use restock::Restocks;
+pub use store::{Inventory, stock_products};
 
-/// Opens the inventory database (stocking the product on first start) and starts
-/// consuming inventory commands.
+/// Restocks are rare: a small batch is plenty.
+const RESTOCK_BATCH: u16 = 16;
+
+/// Opens the inventory database (stocking the catalog's new products) and starts
+/// consuming inventory commands and restocks.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, "inventory", &MIGRATIONS, &shutdown).await?;
-    store::stock_product(&db, config.initial_stock).await?;
-    Ok(worker::spawn(
+    store::stock_products(&db, &config.catalog).await?;
+    let restocks = Arc::new(Restocks { db: db.clone() });
+    let stop = shutdown.clone();
+    Ok(worker::spawn_with(
         "inventory",
         db,
         Inventory,
         &config,
         &shutdown,
+        move |broker| {
+            vec![Box::pin(bus::consume_batches(
+                broker.clone(),
+                topology::RESTOCK_QUEUE,
+                BatchOptions {
+                    prefetch: RESTOCK_BATCH,
+                    max_batch: RESTOCK_BATCH.into(),
+                    room: None,
+                },
+                restocks,
+                stop,
+            ))]
+        },
     ))
 }

@@ -5,8 +5,9 @@
 use anyhow::Context;
 use common::{
     bus::HandlerError,
+    catalog::Catalog,
     db::{Db, Tx},
-    domain::PRODUCT,
+    domain::Product,
     messages::{Event, Refusal, Step, StepCommand, StepResult, StockChanged, Worker},
     outbox,
     time::now_ms,
@@ -33,25 +34,46 @@ impl StepLogic for Inventory {
     }
 }
 
-/// Creates the product with `initial_stock` if it does not exist, and announces the
-/// current stock (every start: the read models may be new).
-pub async fn stock_product(db: &Db, initial_stock: i64) -> anyhow::Result<()> {
+/// Creates each product of `catalog` that does not exist with its opening stock, and
+/// announces the stock of every product (every start: the read models may be new).
+pub async fn stock_products(db: &Db, catalog: &Catalog) -> anyhow::Result<()> {
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO products (product, stock, version, opening_stock) VALUES ($1, $2, 0, $2) ON CONFLICT (product) DO NOTHING")
-        .bind(PRODUCT)
-        .bind(initial_stock)
+    for listing in catalog.listings() {
+        sqlx::query(
+            "INSERT INTO products (product, stock, version, opening_stock) VALUES ($1, $2, 0, $2) \
+             ON CONFLICT (product) DO NOTHING",
+        )
+        .bind(listing.product.as_str())
+        .bind(listing.opening_stock)
         .execute(&mut *tx)
         .await?;
-    let row = sqlx::query("SELECT stock, version FROM products WHERE product = $1")
-        .bind(PRODUCT)
-        .fetch_one(&mut *tx)
+        // Stocked before the column existed: with what the audit would assume.
+        sqlx::query(
+            "UPDATE products SET opening_stock = $2 WHERE product = $1 AND opening_stock IS NULL",
+        )
+        .bind(listing.product.as_str())
+        .bind(listing.opening_stock)
+        .execute(&mut *tx)
         .await?;
-    let event = stock(row.try_get("stock")?, row.try_get("version")?);
+    }
+    let rows = sqlx::query("SELECT product, stock, version FROM products ORDER BY product")
+        .fetch_all(&mut *tx)
+        .await?;
+    let events = rows
+        .iter()
+        .map(|row| {
+            Ok(Event::StockChanged(StockChanged {
+                product: row.try_get("product")?,
+                stock: row.try_get("stock")?,
+                version: row.try_get("version")?,
+            }))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let cx = common::telemetry::Context::current();
-    if let Some(message) = worker::events_message(vec![event], &cx)? {
+    if let Some(message) = worker::events_message(events, &cx)? {
         outbox::enqueue_pending(&mut tx, &message).await?;
     }
-    tx.commit().await.context("stocking the product")?;
+    tx.commit().await.context("stocking the products")?;
     db.wake_outbox();
     Ok(())
 }
@@ -62,8 +84,8 @@ async fn reserve(
     events: &mut Vec<Event>,
 ) -> Result<StepResult, HandlerError> {
     let order_id = cmd.order_id.to_string();
-    let amount = cmd.terms.amount.get();
-    if !claim(tx, &order_id, amount, "RESERVED").await? {
+    let (product, amount) = (&cmd.terms.product, cmd.terms.amount.get());
+    if !claim(tx, &order_id, product, amount, "RESERVED").await? {
         return Ok(earlier_answer(tx, &order_id).await?);
     }
     let taken = sqlx::query(
@@ -71,12 +93,16 @@ async fn reserve(
          WHERE product = $2 AND stock >= $1 RETURNING stock, version",
     )
     .bind(amount)
-    .bind(PRODUCT)
+    .bind(product.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     match taken {
         Some(row) => {
-            events.push(stock(row.try_get("stock")?, row.try_get("version")?));
+            events.push(stock(
+                product,
+                row.try_get("stock")?,
+                row.try_get("version")?,
+            ));
             Ok(StepResult::Done)
         }
         None => {
@@ -98,7 +124,8 @@ async fn release(
     events: &mut Vec<Event>,
 ) -> Result<StepResult, HandlerError> {
     let order_id = cmd.order_id.to_string();
-    if claim(tx, &order_id, cmd.terms.amount.get(), "CANCELLED").await? {
+    let product = &cmd.terms.product;
+    if claim(tx, &order_id, product, cmd.terms.amount.get(), "CANCELLED").await? {
         return Ok(StepResult::Done); // tombstone
     }
     let released = sqlx::query(
@@ -115,10 +142,11 @@ async fn release(
             "UPDATE products SET stock = stock + $1, version = version + 1 WHERE product = $2 RETURNING stock, version",
         )
         .bind(amount)
-        .bind(PRODUCT)
+        .bind(product.as_str())
         .fetch_one(&mut **tx)
         .await?;
         events.push(self::stock(
+            product,
             stock.try_get("stock")?,
             stock.try_get("version")?,
         ));
@@ -129,6 +157,7 @@ async fn release(
 async fn claim(
     tx: &mut Tx,
     order_id: &str,
+    product: &Product,
     amount: i64,
     status: &str,
 ) -> Result<bool, sqlx::Error> {
@@ -137,7 +166,7 @@ async fn claim(
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
-    .bind(PRODUCT)
+    .bind(product.as_str())
     .bind(amount)
     .bind(status)
     .bind(now_ms())
@@ -161,10 +190,10 @@ async fn earlier_answer(tx: &mut Tx, order_id: &str) -> Result<StepResult, sqlx:
     })
 }
 
-/// The event announcing the product's stock.
-fn stock(stock: i64, version: i64) -> Event {
+/// The event announcing a product's stock.
+pub(crate) fn stock(product: &Product, stock: i64, version: i64) -> Event {
     Event::StockChanged(StockChanged {
-        product: PRODUCT.to_string(),
+        product: product.to_string(),
         stock,
         version,
     })

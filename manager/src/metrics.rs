@@ -102,11 +102,12 @@ mod tests {
 
     /// Feeds `inputs` at 10 ms intervals, recording every transition as the handler does.
     fn run(metrics: &Metrics, faults: Faults, replies: &[(Step, StepResult)]) -> Saga {
-        let terms = OrderTerms {
-            username: Username::parse("alice").unwrap(),
-            price: Credits::new(10).unwrap(),
-            amount: Quantity::new(1).unwrap(),
-        };
+        let terms = OrderTerms::new(
+            Username::parse("alice").unwrap(),
+            Credits::new(10).unwrap(),
+            Quantity::new(1).unwrap(),
+        )
+        .unwrap();
         let t = Saga::start(OrderId::new(), terms, faults, 0, 5, &TIMING);
         record(metrics, 0, &t);
         let mut saga = t.saga;

@@ -4,7 +4,7 @@ use axum::{
     Json,
     extract::{Path, State, rejection::PathRejection},
 };
-use common::domain::Username;
+use common::domain::{Credits, Product, Username};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -21,10 +21,13 @@ pub struct User {
 
 /// A product's stock.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"product": "late_token", "stock": 498}))]
+#[schema(example = json!({"product": "late_token", "stock": 498, "price": null}))]
 pub struct StockLevel {
     pub product: String,
     pub stock: i64,
+    /// The catalog price of one token, which a purchase must name; null when the buyer
+    /// names the price.
+    pub price: Option<i64>,
 }
 
 /// A buyer's credits.
@@ -72,7 +75,7 @@ pub async fn get_user(
     tag = "accounts",
     responses(
         (status = 200, description = "Stock per product", body = Vec<StockLevel>,
-            example = json!([{"product": "late_token", "stock": 498}])),
+            example = json!([{"product": "early_token", "stock": 200, "price": 5}, {"product": "late_token", "stock": 498, "price": null}])),
         (status = 503, description = "The database is unavailable", body = ApiError,
             example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
@@ -82,7 +85,17 @@ pub async fn inventory(State(app): State<AppState>) -> Result<Json<Vec<StockLeve
     Ok(Json(
         levels
             .into_iter()
-            .map(|(product, stock)| StockLevel { product, stock })
+            .map(|(product, stock)| {
+                let price = Product::parse(product.as_str())
+                    .ok()
+                    .and_then(|p| app.catalog.get(&p).and_then(|l| l.price))
+                    .map(Credits::get);
+                StockLevel {
+                    product,
+                    stock,
+                    price,
+                }
+            })
             .collect(),
     ))
 }

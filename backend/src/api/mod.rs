@@ -15,6 +15,7 @@ pub mod backlog;
 pub mod orders;
 mod placing;
 pub mod purchase;
+pub mod restock;
 
 pub use common::http_error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 
@@ -26,10 +27,15 @@ pub struct AppState {
     pub fault_injection: bool,
     /// Fault flags are an operator's tool: they need the operator's token (or loopback).
     pub admin_token: common::operator::AdminToken,
+    /// The products on sale: a purchase of another, or at another price than the
+    /// catalog's, is refused.
+    pub catalog: std::sync::Arc<common::catalog::Catalog>,
     /// The most orders `/api/all-transaction` answers with (the newest).
     pub all_transaction_limit: i64,
     /// Orders waiting to complete, against `MAX_BACKLOG`: past it, purchases are refused.
     pub backlog: std::sync::Arc<backlog::Backlog>,
+    /// The sales summary for `/api/analytics/stream`, read once for every listener.
+    pub summary: analytics::SummaryFeed,
     /// Writes accepted purchases in groups (one transaction for those arriving together).
     placing: placing::Placing,
 }
@@ -57,9 +63,11 @@ pub fn router_with_docs(
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {
         placing: placing::Placing::start(db.clone(), backlog.clone()),
+        summary: analytics::SummaryFeed::start(db.clone()),
         db,
         fault_injection: config.fault_injection,
         admin_token: config.admin_token.clone(),
+        catalog: std::sync::Arc::new(config.catalog.clone()),
         all_transaction_limit: config.all_transaction_limit,
         backlog,
     };
@@ -72,6 +80,9 @@ pub fn router_with_docs(
             common::rate_limit::enforce,
         ));
     }
+    let operator = config
+        .admin_token
+        .guard(Router::new().route("/api/inventory/{product}/restock", post(restock::restock)));
     Router::new()
         .route("/api/purchase", purchase_route.clone())
         .route("/api/purchase/", purchase_route)
@@ -81,6 +92,18 @@ pub fn router_with_docs(
         .route("/api/users/{username}", get(accounts::get_user))
         .route("/api/inventory", get(accounts::inventory))
         .route("/api/analytics/sales", get(analytics::sales))
+        .route("/api/analytics/summary", get(analytics::summary))
+        .route(
+            "/api/analytics/sales-by-product",
+            get(analytics::sales_by_product),
+        )
+        .route(
+            "/api/analytics/top-customers",
+            get(analytics::top_customers),
+        )
+        .route("/api/analytics/timeseries", get(analytics::timeseries))
+        .route("/api/analytics/stream", get(analytics::stream))
+        .merge(operator)
         // After the routes: it applies to those that exist when it is called.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("no such path".into()) })
@@ -112,7 +135,13 @@ requests already, and a request whose body does not arrive within `HTTP_BODY_TIM
         orders::get_order,
         accounts::get_user,
         accounts::inventory,
+        restock::restock,
         analytics::sales,
+        analytics::summary,
+        analytics::sales_by_product,
+        analytics::top_customers,
+        analytics::timeseries,
+        analytics::stream,
         healthz,
         readyz,
     ),

@@ -35,7 +35,7 @@ pub struct Transaction {
 /// An order without its timeline.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
-    "amount": 2, "total": 20, "status": "SUCCESS", "phase": "done",
+    "amount": 2, "total": 20, "product": "late_token", "status": "SUCCESS", "phase": "done",
     "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z"}))]
 pub struct OrderSummary {
     pub id: String,
@@ -45,6 +45,8 @@ pub struct OrderSummary {
     pub amount: i64,
     /// price × amount: what the buyer is charged.
     pub total: i64,
+    /// What was bought.
+    pub product: String,
     /// `PROCESSING`, `SUCCESS`, `INSUFFICIENT_FUND`, `INSUFFICIENT_INVENTORY`, `TIMEOUT` or `UNKNOWN`.
     pub status: String,
     /// `running`, `compensating` or `done`.
@@ -80,7 +82,7 @@ pub struct TimelineItem {
 /// An order with its saga's timeline, oldest event first.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice", "price": 10,
-    "amount": 2, "total": 20, "status": "INSUFFICIENT_FUND", "phase": "done",
+    "amount": 2, "total": 20, "product": "late_token", "status": "INSUFFICIENT_FUND", "phase": "done",
     "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z",
     "trace_id": "0af7651916cd43dd8448eb211c80319c",
     "timeline": [
@@ -103,7 +105,7 @@ pub struct OrderDetail {
 /// A page of orders, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"orders": [{"id": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f", "username": "alice",
-    "price": 10, "amount": 2, "total": 20, "status": "SUCCESS", "phase": "done",
+    "price": 10, "amount": 2, "total": 20, "product": "late_token", "status": "SUCCESS", "phase": "done",
     "created_at": "2026-10-01T12:00:00.123Z", "updated_at": "2026-10-01T12:00:00.131Z"}],
     "next_cursor": "01920d3c-5e2a-7cc1-9a3e-6f1b2c3d4e5f"}))]
 pub struct OrderPage {
@@ -177,6 +179,7 @@ impl From<&StoredOrder> for OrderSummary {
             amount: o.amount,
             // Validated at the edge (OrderTerms): the product fits.
             total: o.price.saturating_mul(o.amount),
+            product: o.product.clone(),
             status: o.status.as_str().to_string(),
             phase: o.phase.clone(),
             created_at: rfc3339(o.placed_at_ms),

@@ -12,7 +12,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::{
-    domain::{Credits, InvalidValue, OrderId, OrderStatus, OrderTerms, Quantity, Username},
+    domain::{
+        Credits, InvalidValue, OrderId, OrderStatus, OrderTerms, Product, Quantity, Username,
+    },
     messages::{Faults, ManagerMessage, PlaceOrder},
     outbox,
     telemetry::{self, Context},
@@ -53,6 +55,15 @@ pub struct PurchaseRequest {
     /// Tokens to buy: 1 to 10⁶.
     #[schema(minimum = 1, maximum = 1_000_000)]
     amount: i64,
+    /// What to buy: a product of the catalog (`GET /api/inventory`). When the catalog gives
+    /// the product a price, `price` must equal it.
+    #[schema(
+        default = "late_token",
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.-]{1,64}$"
+    )]
+    product: Option<String>,
     /// Test-only fault flags (403 when `FAULT_INJECTION=off` and any is true). An operator's
     /// tool: any true flag needs the operator's bearer token (loopback only without one).
     #[schema(default = false)]
@@ -130,9 +141,14 @@ fn at_most(value: i64, field: &'static str, max: i64) -> Result<i64, InvalidValu
     Ok(value)
 }
 
+/// A request body as JSON: 400 `malformed_json` if it is not, or repeats a key.
+pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    common::strict_json::parse(body)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))
+}
+
 pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
-    let value: Value = common::strict_json::parse(body)
-        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    let value = json_body(body)?;
     let Value::Object(fields) = value else {
         return Err(ApiError::MalformedJson(
             "the body must be a JSON object".into(),
@@ -150,7 +166,18 @@ pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
     };
     let price = Credits::new(at_most(integer(&fields, "price")?, "price", MAX_PRICE)?)?;
     let amount = Quantity::new(at_most(integer(&fields, "amount")?, "amount", MAX_AMOUNT)?)?;
-    let terms = OrderTerms::new(username, price, amount)?;
+    let product = match fields.get("product") {
+        None | Some(Value::Null) => Product::default(),
+        Some(Value::String(s)) => Product::parse(s.as_str())?,
+        Some(other) => {
+            return Err(InvalidValue::new(
+                "product",
+                format!("must be a string, got {}", kind(other)),
+            )
+            .into());
+        }
+    };
+    let terms = OrderTerms::new(username, price, amount)?.of(product);
     let [
         kill_create,
         kill_payment,
@@ -248,7 +275,10 @@ fn required<'a>(
         .ok_or_else(|| InvalidValue::new(name, "missing"))
 }
 
-fn integer(fields: &Map<String, Value>, name: &'static str) -> Result<i64, InvalidValue> {
+pub(crate) fn integer(
+    fields: &Map<String, Value>,
+    name: &'static str,
+) -> Result<i64, InvalidValue> {
     match required(fields, name)? {
         // JSON Schema counts 3.0 as the integer 3, so the API does too.
         Value::Number(n) => n
@@ -351,6 +381,8 @@ Idempotency-Key and the same request, the first answer replayed)", body = Purcha
                 ("wrong type" = (value = json!({"error": "invalid_field", "detail": "price: must be an integer, got a string"}))),
                 ("out of range" = (value = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"}))),
                 ("overflow" = (value = json!({"error": "invalid_field", "detail": "price: price × amount overflows a 64-bit integer"}))),
+                ("unknown product" = (value = json!({"error": "invalid_field", "detail": "product: no product named \"gold\"; the catalog has late_token, early_token"}))),
+                ("not the catalog price" = (value = json!({"error": "invalid_field", "detail": "price: early_token sells at 5 credits a token, got 4"}))),
             )),
         (status = 429, description = "This client (its IP address; an IPv6 client's /64) sent \
 purchases faster than `PURCHASE_RATE_LIMIT` per second, past a burst of `PURCHASE_RATE_BURST`; \
@@ -378,6 +410,7 @@ pub async fn purchase(
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
     let purchase = parse(&body?)?;
+    app.catalog.check(&purchase.terms)?;
     if let Some(flag) = first_fault(&purchase.faults) {
         if !app.fault_injection {
             return Err(ApiError::FaultInjectionDisabled { flag });

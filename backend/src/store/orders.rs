@@ -16,6 +16,7 @@ pub struct StoredOrder {
     pub username: String,
     pub price: i64,
     pub amount: i64,
+    pub product: String,
     pub status: OrderStatus,
     /// `running`, `compensating` or `done`.
     pub phase: String,
@@ -33,7 +34,7 @@ pub struct Filter {
 }
 
 const SUMMARY_COLUMNS: &str =
-    "order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms";
+    "order_id, username, price, amount, product, status, phase, placed_at_ms, updated_at_ms";
 
 /// An order a buyer just placed, written before its saga starts so that it can be read
 /// back at once (as PROCESSING) and is never missing from the read model. Its trace (the
@@ -52,22 +53,23 @@ pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sq
     for chunk in orders.chunks(ROWS) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let p = 2 + i * 6;
+                let p = 2 + i * 7;
                 format!(
-                    "(${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${})",
+                    "(${}, ${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${})",
                     p,
                     p + 1,
                     p + 2,
                     p + 3,
                     p + 4,
-                    p + 4,
-                    p + 5
+                    p + 5,
+                    p + 5,
+                    p + 6
                 )
             })
             .collect();
         let sql = format!(
-            "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-             placed_at_ms, updated_at_ms, timeline, trace_id) VALUES {}",
+            "INSERT INTO orders (order_id, username, price, amount, product, status, phase, listed, \
+             version, placed_at_ms, updated_at_ms, timeline, trace_id) VALUES {}",
             rows.join(", ")
         );
         // Not kept prepared: one statement per batch size would crowd the statement cache.
@@ -80,6 +82,7 @@ pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sq
                 .bind(o.terms.username.as_str().to_string())
                 .bind(o.terms.price.get())
                 .bind(o.terms.amount.get())
+                .bind(o.terms.product.as_str().to_string())
                 .bind(o.placed_at_ms)
                 .bind(o.trace_id.clone());
         }
@@ -96,7 +99,8 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
         serde_json::to_string(&update.timeline).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let done = sqlx::query(
         "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-         placed_at_ms, updated_at_ms, timeline, trace_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         placed_at_ms, updated_at_ms, timeline, trace_id, product) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
          listed = excluded.listed, version = excluded.version, updated_at_ms = excluded.updated_at_ms, \
          timeline = excluded.timeline, trace_id = COALESCE(orders.trace_id, excluded.trace_id) \
@@ -114,6 +118,7 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
     .bind(update.updated_at_ms)
     .bind(timeline)
     .bind(update.trace_id.clone())
+    .bind(update.terms.product.as_str().to_string())
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -125,8 +130,8 @@ pub async fn get(
     id: OrderId,
 ) -> Result<Option<(StoredOrder, Vec<TimelineEntry>, Option<String>)>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms, timeline, \
-         trace_id FROM orders WHERE order_id = $1",
+        "SELECT order_id, username, price, amount, product, status, phase, placed_at_ms, \
+         updated_at_ms, timeline, trace_id FROM orders WHERE order_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(db.pool())
@@ -172,8 +177,8 @@ pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Er
 /// (`/api/all-transaction`): its answer is bounded however large the shop grows.
 pub async fn listed(db: &Db, limit: i64) -> Result<Vec<StoredOrder>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT order_id, username, price, amount, status, phase, placed_at_ms, updated_at_ms \
-         FROM orders WHERE listed = 1 ORDER BY order_id DESC LIMIT $1",
+        "SELECT order_id, username, price, amount, product, status, phase, placed_at_ms, \
+         updated_at_ms FROM orders WHERE listed = 1 ORDER BY order_id DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.pool())
@@ -189,6 +194,7 @@ fn summary(row: &AnyRow) -> Result<StoredOrder, sqlx::Error> {
         username: row.try_get("username")?,
         price: row.try_get("price")?,
         amount: row.try_get("amount")?,
+        product: row.try_get("product")?,
         status: OrderStatus::parse(&status).map_err(|e| corrupt(format!("order {id}: {e}")))?,
         phase: row.try_get("phase")?,
         placed_at_ms: row.try_get("placed_at_ms")?,

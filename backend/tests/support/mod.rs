@@ -45,11 +45,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data_dir = dir.path().to_string_lossy().to_string();
     let database_url = std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty());
+    spawn_app_on(database_url, vars).await
+}
+
+/// The local PostgreSQL test server, unless `TEST_DATABASE_URL` names another.
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A backend on PostgreSQL whatever `TEST_DATABASE_URL` says: for the tests of what only
+/// PostgreSQL does differently.
+pub async fn spawn_pg_app() -> TestApp {
+    let url = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| DEFAULT_PG_URL.to_string());
+    spawn_app_on(Some(url), &[]).await
+}
+
+async fn spawn_app_on(database_url: Option<String>, vars: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data_dir = dir.path().to_string_lossy().to_string();
     let config = Config::from_lookup(|name| match name {
         "DATA_DIR" => Some(data_dir.clone()),
         "DATABASE_URL" => database_url.clone(),

@@ -1,0 +1,196 @@
+//! Several products, end to end: each order takes stock of its own product, a catalog
+//! price binds the buyer, an operator's restock counts once however often it is delivered,
+//! and the audit balances every product's books with the restocks.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn inventory(base_url: &str) -> Value {
+    client()
+        .get(format!("{base_url}/api/inventory"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The stock of `product` as the read model shows it.
+async fn stock_of(base_url: &str, product: &str) -> Option<i64> {
+    inventory(base_url)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["product"] == product)
+        .and_then(|p| p["stock"].as_i64())
+}
+
+async fn wait_for_stock(base_url: &str, product: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let now = stock_of(base_url, product).await;
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{product}: stock {now:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post(base_url: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{base_url}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn audit_ok(base_url: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let report: Value = client()
+            .get(format!("{base_url}/api/audit?grace_ms=0"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["ok"] == true || tokio::time::Instant::now() >= deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_product_keeps_its_own_stock_prices_bind_and_restocks_count_once() {
+    let m = InProcess::start(&[("PRODUCTS", "late_token=5, early_token=3@7".into())]).await;
+    let url = m.base_url.as_str();
+    wait_for_stock(url, "early_token", 3).await;
+    let listed = inventory(url).await;
+    assert_eq!(
+        listed,
+        json!([{"product": "early_token", "stock": 3, "price": 7},
+               {"product": "late_token", "stock": 5, "price": null}])
+    );
+
+    // Refused before anything is stored: another price than the catalog's, or no such product.
+    let (status, body) = post(
+        url,
+        "/api/purchase/",
+        json!({"username": "ann", "price": 6, "amount": 1, "product": "early_token"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_field"))
+    );
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("price: "),
+        "{body}"
+    );
+    let (status, body) = post(
+        url,
+        "/api/purchase/",
+        json!({"username": "ann", "price": 1, "amount": 1, "product": "gold"}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("product: no product named \"gold\""),
+        "{body}"
+    );
+
+    // An early token at its price takes early stock only; the default is late_token.
+    let early = purchase(
+        url,
+        json!({"username": "ann", "price": 7, "amount": 2, "product": "early_token"}),
+    )
+    .await;
+    let late = purchase(url, json!({"username": "bob", "price": 1, "amount": 1})).await;
+    for (id, product) in [(&early, "early_token"), (&late, "late_token")] {
+        let order = final_order(url, id, BOUND).await;
+        assert_eq!(order["status"], "SUCCESS", "{order}");
+        assert_eq!(order["product"], product);
+    }
+    wait_for_stock(url, "early_token", 1).await;
+    wait_for_stock(url, "late_token", 4).await;
+    // More than is left of early_token: refused by the inventory, whatever late_token holds.
+    let short = purchase(
+        url,
+        json!({"username": "cid", "price": 7, "amount": 2, "product": "early_token"}),
+    )
+    .await;
+    let order = final_order(url, &short, BOUND).await;
+    assert_eq!(order["status"], "INSUFFICIENT_INVENTORY", "{order}");
+
+    // A restock, from an operator (loopback here); a bad one names what is wrong.
+    let (status, body) = post(url, "/api/inventory/gold/restock", json!({"amount": 5})).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, body) = post(
+        url,
+        "/api/inventory/early_token/restock",
+        json!({"amount": 0}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().starts_with("amount: "));
+    let (status, restock) = post(
+        url,
+        "/api/inventory/early_token/restock",
+        json!({"amount": 10}),
+    )
+    .await;
+    assert_eq!(status, 202, "{restock}");
+    assert_eq!(restock["product"], "early_token");
+    wait_for_stock(url, "early_token", 11).await;
+
+    // The same restock delivered again under another message id (a republish) adds nothing.
+    let (_conn, channel) = confirming_channel(&m._vhost).await;
+    let again = json!({
+        "restock_id": restock["restock_id"],
+        "product": "early_token",
+        "amount": 10,
+        "requested_at_ms": 0,
+    });
+    let message_id = uuid::Uuid::now_v7().to_string();
+    publish_confirmed(
+        &channel,
+        common::topology::EXCHANGE,
+        common::topology::RK_RESTOCK,
+        Some(&message_id),
+        None,
+        again.to_string().as_bytes(),
+    )
+    .await;
+    // A later restock is applied after the republished one (one queue, in order).
+    let (status, _) = post(
+        url,
+        "/api/inventory/early_token/restock",
+        json!({"amount": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_stock(url, "early_token", 12).await;
+
+    let report = audit_ok(url).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    m.stop().await.unwrap();
+}
