@@ -1,5 +1,5 @@
 //! The invariant audit: reads every service's store and checks the five invariants of
-//! ARCHITECTURE.md across them, naming the orders involved in any violation.
+//! docs/ARCHITECTURE.md across them, naming the orders involved in any violation.
 //!
 //! It is an operator's tool (`GET /api/audit`, `marketplace audit`) and the chaos tests'
 //! oracle. It takes no locks across stores, so it reads them one after the other; an order
@@ -73,7 +73,7 @@ pub struct Report {
     pub dead_letters: DeadLetterCounts,
     /// Messages waiting in each service's outbox.
     pub outbox_backlog: BTreeMap<String, i64>,
-    /// The five invariants, in ARCHITECTURE.md's order.
+    /// The five invariants, in docs/ARCHITECTURE.md's order.
     pub invariants: Vec<Invariant>,
 }
 
@@ -126,7 +126,7 @@ pub struct Violation {
 const NAMES: [&str; 5] = [
     "every accepted order reaches a final status",
     "credits: opening = balance + charged - refunded; only SUCCESS orders stay charged",
-    "stock: opening = stock + reserved - released; only SUCCESS orders keep their reservation; never negative",
+    "stock: opening + restocks = stock + reserved - released; only SUCCESS orders keep their reservation; never negative",
     "no step's effect is applied twice for one order",
     "no message is lost: whatever could not be processed is in the dead-letter store",
 ];

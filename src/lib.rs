@@ -16,7 +16,7 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("manager", "saga orchestrator"),
     ("order", "order worker"),
     ("payment", "payment worker (users' credits)"),
-    ("inventory", "inventory worker (stock of late_token)"),
+    ("inventory", "inventory worker (stock per product of the catalog, restocks)"),
     ("delivery", "delivery worker"),
     ("dead-letter", "dead-letter store"),
 ];
