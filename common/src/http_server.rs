@@ -33,6 +33,12 @@
 //! `431` by hyper, with no body, and the connection closed), so that the memory slow heads
 //! can hold is at most the connection bound times that size.
 //!
+//! A streaming answer (Server-Sent Events) outlives its request: the handler takes a
+//! [`ConnectionControl`] (a request extension) to keep its connection out of the idle
+//! timeout while it streams, to end the stream when the server drains, and to close the
+//! connection when its client stops reading (hyper stops polling a body whose socket does
+//! not drain, so the body alone could not notice).
+//!
 //! Only HTTP/1.1 is served (HTTP/2 with prior knowledge was reachable before only through
 //! a feature another dependency enabled; no client of the marketplace uses it, and it
 //! brings attacks of its own).
@@ -274,10 +280,17 @@ pub async fn serve(
             inner: stream,
             activity: activity.clone(),
         });
+        let control = ConnectionControl {
+            activity: activity.clone(),
+            close: CancellationToken::new(),
+            draining: shutdown.clone(),
+        };
+        let closed_by_handler = control.close.clone();
         let service = {
             let (router, activity) = (router.clone(), activity.clone());
             hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(control.clone());
                 let busy = activity.request_started();
                 let answer = router.clone().oneshot(req.map(Body::new));
                 async move {
@@ -299,6 +312,9 @@ pub async fn serve(
                 expired = activity.expired(timeouts) => {
                     // Dropping the connection closes its socket.
                     tracing::debug!(%peer, timeout = expired.as_str(), "HTTP connection closed");
+                }
+                _ = closed_by_handler.cancelled() => {
+                    tracing::debug!(%peer, "HTTP connection closed by its handler");
                 }
             }
         });
@@ -469,6 +485,43 @@ impl Activity {
 
 /// A request being handled; dropped with its answer (or when its connection goes).
 struct RequestUnderway(Arc<Activity>);
+
+/// What a handler may do to its own connection; every request [`serve`] hands over carries
+/// one as an extension (requests that did not come through [`serve`], as in tests that
+/// call a router directly, carry none). For answers that stream for long (Server-Sent
+/// Events); an ordinary answer needs none of it.
+#[derive(Clone)]
+pub struct ConnectionControl {
+    activity: Arc<Activity>,
+    close: CancellationToken,
+    draining: CancellationToken,
+}
+
+/// Keeps a connection counted as busy (no header or idle deadline) while it lives.
+pub struct Streaming(#[allow(dead_code)] RequestUnderway);
+
+impl ConnectionControl {
+    /// Counts the connection as busy until the returned guard is dropped: its answer's body
+    /// is still being sent. Without it the idle timeout (`HTTP_IDLE_TIMEOUT_MS`), which
+    /// starts when the handler returns its answer, would cut a stream that is still going.
+    /// The guard belongs in the body's stream, so that it goes with the body.
+    pub fn streaming(&self) -> Streaming {
+        Streaming(self.activity.request_started())
+    }
+
+    /// Closes the connection now, whatever it is sending: for a client that stopped reading,
+    /// whose body hyper no longer polls (its socket does not drain), so that the body
+    /// cannot end by itself.
+    pub fn close(&self) {
+        self.close.cancel();
+    }
+
+    /// Resolves once the server drains (shutdown): a stream should end then, since the
+    /// server waits for every answer to finish.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await
+    }
+}
 
 impl Drop for RequestUnderway {
     fn drop(&mut self) {
@@ -770,6 +823,69 @@ mod tests {
                 Poll::Pending
             }
         }
+    }
+
+    /// `path` asked of `addr` over a fresh connection, and everything that comes back until
+    /// the server closes it (at most 5 s).
+    async fn read_until_closed(addr: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+            .await
+            .expect("the connection is closed within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_streaming_answer_outlives_the_idle_timeout_and_its_handler_may_close_it() {
+        use axum::{Extension, body::Bytes};
+        let ticks = |Extension(c): Extension<ConnectionControl>| async move {
+            let busy = c.streaming();
+            // Six lines 50 ms apart: the stream outlives the 100 ms idle timeout.
+            Body::from_stream(futures::stream::unfold((0, busy), |(n, busy)| async move {
+                if n == 6 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let line = Bytes::from(format!("tick {n}\n"));
+                Some((Ok::<_, Infallible>(line), (n + 1, busy)))
+            }))
+        };
+        let closed = |Extension(c): Extension<ConnectionControl>| async move {
+            let _busy = c.streaming();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.close();
+            });
+            // A body that never ends: only the close ends the connection.
+            Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>())
+        };
+        let router = Router::new()
+            .route("/ticks", get(ticks))
+            .route("/closed", get(closed));
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router, limits, shutdown.clone()));
+        let answer = read_until_closed(addr, "/ticks").await;
+        assert!(answer.contains("tick 5"), "{answer}");
+        let answer = read_until_closed(addr, "/closed").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
+        server.await.unwrap();
     }
 
     #[test]
