@@ -12,6 +12,7 @@ use common::{bus, bus::Broker, config::Config, db::Db, service, shutdown::Shutdo
 
 pub mod analytics;
 pub mod api;
+pub mod feed;
 pub mod projection;
 mod store;
 
@@ -46,6 +47,9 @@ pub async fn start(
         .await
         .context("rebuilding the sales figures")?;
     let broker = Broker::start(&config.amqp_url, "backend", shutdown.clone());
+    // The projection wakes the feed's tailer after each commit that wrote feed rows.
+    let metrics = common::metrics::for_instance(&config.amqp_url);
+    let feed = feed::Feed::start(db.clone(), &metrics);
     let parts: Vec<service::Part> = vec![
         Box::pin(bus::consume_batches(
             broker.clone(),
@@ -55,7 +59,7 @@ pub async fn start(
                 max_batch: PROJECTION_BATCH,
                 room: None,
             },
-            Arc::new(Projection::new(db.clone())),
+            Arc::new(Projection::with_feed(db.clone(), feed.wake())),
             shutdown.clone(),
         )),
         Box::pin(sweep_idempotency_keys(
@@ -64,7 +68,7 @@ pub async fn start(
             shutdown.clone(),
         )),
     ];
-    let app = api::router_with_docs(db.clone(), &config, extra_docs);
+    let app = api::router_with_feed(db.clone(), &config, extra_docs, feed);
     let running = service::spawn("backend", db, broker, parts);
     Ok((running, app))
 }

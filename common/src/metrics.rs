@@ -69,6 +69,11 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request durations by method and route template.
     pub http_seconds: HistogramVec,
+    /// Clients streaming `/api/orders/stream` from this process now.
+    pub order_stream_clients: IntGaugeVec,
+    /// Order stream clients disconnected for not keeping up, by reason: `stalled` (their
+    /// connection did not drain), `lagged` (they fell behind the live feed).
+    pub order_stream_dropped: IntCounterVec,
 }
 
 /// Latencies from a millisecond (one broker round trip) to a minute (a stuck saga).
@@ -185,6 +190,16 @@ impl Metrics {
                 "HTTP request durations by method and route template.",
                 &["method", "route"],
                 HTTP_BUCKETS,
+            ),
+            order_stream_clients: gauge(
+                "marketplace_order_stream_clients",
+                "Clients streaming /api/orders/stream from this process.",
+                &["service"],
+            ),
+            order_stream_dropped: counter(
+                "marketplace_order_stream_dropped_total",
+                "Order stream clients disconnected for not keeping up, by reason (stalled, lagged).",
+                &["service", "reason"],
             ),
             registry,
         }

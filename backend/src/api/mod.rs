@@ -16,6 +16,7 @@ pub mod orders;
 mod placing;
 pub mod purchase;
 pub mod restock;
+pub mod stream;
 
 pub use common::http_error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 
@@ -38,6 +39,8 @@ pub struct AppState {
     pub summary: analytics::SummaryFeed,
     /// Writes accepted purchases in groups (one transaction for those arriving together).
     placing: placing::Placing,
+    /// The order feed this process streams (`/api/orders/stream`).
+    pub feed: crate::feed::Feed,
 }
 
 /// The API, `/docs` and `/api-docs/openapi.json` over `db`. Needs no broker: a purchase
@@ -52,6 +55,18 @@ pub fn router_with_docs(
     db: Db,
     config: &Config,
     extra_docs: Vec<utoipa::openapi::OpenApi>,
+) -> Router {
+    let metrics = common::metrics::for_instance(&config.amqp_url);
+    let feed = crate::feed::Feed::start(db.clone(), &metrics);
+    router_with_feed(db, config, extra_docs, feed)
+}
+
+/// [`router_with_docs`] streaming `feed`, whose tailer the process's projection wakes.
+pub fn router_with_feed(
+    db: Db,
+    config: &Config,
+    extra_docs: Vec<utoipa::openapi::OpenApi>,
+    feed: crate::feed::Feed,
 ) -> Router {
     let mut doc = ApiDoc::openapi();
     for extra in extra_docs {
@@ -70,6 +85,7 @@ pub fn router_with_docs(
         catalog: std::sync::Arc::new(config.catalog.clone()),
         all_transaction_limit: config.all_transaction_limit,
         backlog,
+        feed,
     };
     // One bucket per client for both spellings of the path (PURCHASE_RATE_LIMIT).
     let mut purchase_route = post(purchase::purchase);
@@ -88,6 +104,7 @@ pub fn router_with_docs(
         .route("/api/purchase/", purchase_route)
         .route("/api/all-transaction", get(orders::all_transactions))
         .route("/api/orders", get(orders::list_orders))
+        .route("/api/orders/stream", get(stream::stream_orders))
         .route("/api/orders/{id}", get(orders::get_order))
         .route("/api/users/{username}", get(accounts::get_user))
         .route("/api/inventory", get(accounts::inventory))
@@ -132,6 +149,7 @@ requests already, and a request whose body does not arrive within `HTTP_BODY_TIM
         purchase::purchase,
         orders::all_transactions,
         orders::list_orders,
+        stream::stream_orders,
         orders::get_order,
         accounts::get_user,
         accounts::inventory,
@@ -145,7 +163,7 @@ requests already, and a request whose body does not arrive within `HTTP_BODY_TIM
         healthz,
         readyz,
     ),
-    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus)),
+    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus, crate::feed::OrderEvent)),
     tags(
         (name = "orders", description = "Place orders and follow them"),
         (name = "accounts", description = "Balances and stock"),

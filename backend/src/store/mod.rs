@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod analytics;
+pub mod feed;
 pub mod idempotency;
 pub mod orders;
 

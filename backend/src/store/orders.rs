@@ -1,7 +1,9 @@
 //! The orders read model: the row a POST writes, the upserts of `OrderUpdated`, the reads.
 
+use std::collections::HashMap;
+
 use common::{
-    db::{Db, Tx},
+    db::{Backend, Db, Tx},
     domain::{OrderId, OrderStatus, OrderTerms},
     messages::{OrderUpdated, TimelineEntry},
 };
@@ -91,19 +93,98 @@ pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sq
     Ok(())
 }
 
+/// What the read model holds of an order that updates are about to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub version: i64,
+    /// The seq of the newest timeline entry it holds (0: none).
+    pub timeline_seq: i64,
+}
+
+/// The rows of `ids` as they stand, for the updates about to be applied to them: what
+/// each holds says which timeline entries an update adds (the order feed). Orders without
+/// a row are absent.
+///
+/// On PostgreSQL the rows are locked (`FOR UPDATE`, in id order) until the transaction
+/// ends: two replicas' projections applying updates of one order then take turns, and the
+/// second reads what the first wrote, instead of both counting the same entries as new.
+/// The id order makes every transaction lock them in the same order (no deadlock between
+/// them). SQLite has one writer at a time.
+pub async fn held(
+    tx: &mut Tx,
+    backend: Backend,
+    ids: &[OrderId],
+) -> Result<HashMap<OrderId, Held>, sqlx::Error> {
+    const IDS: usize = 256;
+    let mut held = HashMap::with_capacity(ids.len());
+    let mut ids: Vec<String> = ids.iter().map(OrderId::to_string).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for chunk in ids.chunks(IDS) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        // The timeline is read only where its newest seq is not stored (see the migration).
+        let mut sql = format!(
+            "SELECT order_id, version, timeline_seq, \
+             CASE WHEN timeline_seq IS NULL THEN timeline END AS timeline \
+             FROM orders WHERE order_id IN ({}) ORDER BY order_id",
+            list.join(", ")
+        );
+        if backend == Backend::Postgres {
+            sql.push_str(" FOR UPDATE");
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for id in chunk {
+            query = query.bind(id.clone());
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get("order_id")?;
+            let id = OrderId::parse(&id).map_err(|e| corrupt(format!("order id {id:?}: {e}")))?;
+            let timeline_seq = match row.try_get::<Option<i64>, _>("timeline_seq")? {
+                Some(seq) => seq,
+                None => {
+                    let timeline: Option<String> = row.try_get("timeline")?;
+                    newest_seq(timeline.as_deref().unwrap_or("[]"))
+                        .map_err(|e| corrupt(format!("timeline of order {id}: {e}")))?
+                }
+            };
+            let version = row.try_get("version")?;
+            held.insert(
+                id,
+                Held {
+                    version,
+                    timeline_seq,
+                },
+            );
+        }
+    }
+    Ok(held)
+}
+
+/// The seq of the newest entry of a stored timeline (0 if empty), reading only the seqs.
+fn newest_seq(timeline: &str) -> Result<i64, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: i64,
+    }
+    let entries: Vec<Seq> = serde_json::from_str(timeline)?;
+    Ok(entries.iter().map(|e| e.seq).max().unwrap_or(0))
+}
+
 /// Applies a saga update unless the row already holds this version or a newer one: events
 /// may be redelivered or overtake each other, and the newest state must win. Returns
 /// whether the row changed.
 pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sqlx::Error> {
     let timeline =
         serde_json::to_string(&update.timeline).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let timeline_seq = update.timeline.iter().map(|e| e.seq).max().unwrap_or(0);
     let done = sqlx::query(
         "INSERT INTO orders (order_id, username, price, amount, status, phase, listed, version, \
-         placed_at_ms, updated_at_ms, timeline, trace_id, product) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         placed_at_ms, updated_at_ms, timeline, trace_id, product, timeline_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, phase = excluded.phase, \
          listed = excluded.listed, version = excluded.version, updated_at_ms = excluded.updated_at_ms, \
-         timeline = excluded.timeline, trace_id = COALESCE(orders.trace_id, excluded.trace_id) \
+         timeline = excluded.timeline, trace_id = COALESCE(orders.trace_id, excluded.trace_id), \
+         timeline_seq = excluded.timeline_seq \
          WHERE orders.version < excluded.version",
     )
     .bind(update.order_id.to_string())
@@ -119,6 +200,7 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
     .bind(timeline)
     .bind(update.trace_id.clone())
     .bind(update.terms.product.as_str().to_string())
+    .bind(timeline_seq)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
