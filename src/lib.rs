@@ -7,6 +7,7 @@ use common::{config::Config, health, service::Running, shutdown::Shutdown};
 use tokio::net::TcpListener;
 
 pub mod audit;
+mod cli;
 pub mod loadgen;
 
 /// Every target and what it runs.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::mix::Mix;
+pub(crate) use crate::cli::{DEFAULT_URL, base_url};
 
 /// `marketplace loadgen --help`.
 pub(crate) const USAGE: &str = "\
@@ -67,7 +68,6 @@ pub(crate) const INITIAL_CREDITS: i64 = 500;
 /// (nothing else says how many orders it will place).
 const ASSUMED_MAX_ORDERS_PER_S: u64 = 2_000;
 
-pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8000";
 pub(crate) const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub(crate) const DEFAULT_MIX: &str =
     "insufficient_fund=0.05,out_of_stock=0.01,kill_payment=0.01,timeout_inventory=0.01";
@@ -260,14 +260,6 @@ impl Options {
             ceiling_duration,
             amqp_url,
         })))
-    }
-}
-
-fn base_url(value: &str, flag: &str) -> Result<String, String> {
-    if value.starts_with("http://") || value.starts_with("https://") {
-        Ok(value.trim_end_matches('/').to_string())
-    } else {
-        Err(format!("{flag}: an http:// URL, not {value:?}"))
     }
 }
 

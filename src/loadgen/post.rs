@@ -17,6 +17,7 @@ use super::{
     mix::{purchase_body, username},
     options::{Load, MAX_OUTSTANDING, Options},
 };
+use crate::cli::transport_error;
 
 /// What the posting phase saw.
 #[derive(Debug, Clone, Default)]
@@ -187,17 +188,5 @@ async fn post_one(client: &reqwest::Client, url: &str, body: &Value) -> Outcome 
             })
         }
         status => Outcome::Error(format!("HTTP {status}")),
-    }
-}
-
-fn transport_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout".into()
-    } else if e.is_connect() {
-        "connect".into()
-    } else if e.is_decode() || e.is_body() {
-        "body".into()
-    } else {
-        "transport".into()
     }
 }

@@ -15,7 +15,7 @@ use super::{
     options::{MAX_OUTSTANDING, Options, planned_orders},
     orders::read_orders,
     post::{PHASE_READING, PHASE_WAITING, Shared, post},
-    progress::Progress,
+    progress,
     report::{Observed, Params, Report, summarize},
     scrape::{scrape, settled_metrics, stock, wait_for_counters},
 };
@@ -85,7 +85,7 @@ pub(crate) async fn run(o: &Options) -> anyhow::Result<Report> {
     };
 
     let shared = Arc::new(Shared::default());
-    let progress = Progress::start(interactive, o.count, shared.clone());
+    let progress = progress::start(interactive, o.count, shared.clone());
     // Final-so-far for the progress bar; the wait below polls on its own.
     let poller = progress.shown().then(|| {
         let (client, urls, before, shared) = (

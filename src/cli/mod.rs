@@ -1,0 +1,31 @@
+//! What the command-line tools that drive a running marketplace over HTTP (`loadgen`,
+//! `import`) share: the marketplace's URL and how it is given, how a failed request is
+//! named, and the progress bar.
+
+pub(crate) mod progress;
+
+/// The marketplace both tools talk to unless `--url` says otherwise.
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:8000";
+
+/// `value` as a base URL (no trailing `/`), or why not; `flag` names it in the error.
+pub(crate) fn base_url(value: &str, flag: &str) -> Result<String, String> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value.trim_end_matches('/').to_string())
+    } else {
+        Err(format!("{flag}: an http:// URL, not {value:?}"))
+    }
+}
+
+/// A request that got no HTTP answer, in one word: `timeout`, `connect`, `body` or
+/// `transport`.
+pub(crate) fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_connect() {
+        "connect".into()
+    } else if e.is_decode() || e.is_body() {
+        "body".into()
+    } else {
+        "transport".into()
+    }
+}
