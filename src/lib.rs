@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 pub mod audit;
 mod cli;
+pub mod import;
 pub mod loadgen;
 
 /// Every target and what it runs.

@@ -19,6 +19,7 @@ fn help() -> String {
     s.push_str("  audit [--grace-ms N]\n               check the five invariants across every service's store; prints JSON,\n               exit 0 if they hold, 1 if not, 2 if a store cannot be read\n");
     s.push_str("  analytics rebuild\n               recompute the sales figures from the orders read model (DATA_DIR or\n               DATABASE_URL); safe while the marketplace runs\n");
     s.push_str("  loadgen ...  drive a running marketplace over HTTP and report throughput, latency and\n               messages per order (marketplace loadgen --help)\n");
+    s.push_str("  import FILE.csv ...\n               place the purchases of a CSV file through a running marketplace, once\n               each however often it runs (marketplace import --help)\n");
     s.push_str("\nEnvironment:\n");
     for (name, default, what) in common::config::VARIABLES {
         s.push_str(&format!("  {name:<26} {what} [default: {default}]\n"));
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         [cmd, rest @ ..] if cmd == "audit" => return audit(rest),
         [cmd, sub] if cmd == "analytics" && sub == "rebuild" => return rebuild_analytics(),
         [cmd, rest @ ..] if cmd == "loadgen" => return marketplace::loadgen::main(rest),
+        [cmd, rest @ ..] if cmd == "import" => return marketplace::import::main(rest),
         [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
         _ => {
             eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
