@@ -64,8 +64,9 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
         format!("cyd-{run}"),
         format!("dan-{run}"),
     );
-    // Line 6 is ann's line 2 again: a second purchase, not a repeat. Line 4 is refused by
-    // the API, line 5 cannot be read (three cells).
+    // Line 6 is ann's line 2 again: a second purchase, not a repeat. Lines 4 (a negative
+    // amount) and 8 (a product not on sale) are refused by the API, line 5 cannot be read
+    // (three cells).
     let csv = format!(
         "username,product,price,amount\n\
          {ann},,10,2\n\
@@ -73,7 +74,8 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
          {dan},,1,-3\n\
          {cyd},,4\n\
          {ann},,10,2\n\
-         {cyd},,\"4\",1\n"
+         {cyd},,\"4\",1\n\
+         {dan},ghost_token,1,1\n"
     );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("orders.csv");
@@ -84,10 +86,10 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
         import(&[file, "--url", &m.base_url, "--json", "--concurrency", "3"]).await;
     assert_eq!(code, 1, "a refused line fails the run\n{stdout}\n{stderr}");
     let first: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(first["lines"], 6, "{first:#}");
+    assert_eq!(first["lines"], 7, "{first:#}");
     assert_eq!(first["accepted"], 4, "{first:#}");
     assert_eq!(first["already_placed"], 0);
-    assert_eq!(first["refused"], 2);
+    assert_eq!(first["refused"], 3);
     assert_eq!(first["not_placed"], 0);
     let refusals = first["refusals"].as_array().unwrap();
     assert_eq!(refusals[0]["line"], 4);
@@ -104,6 +106,15 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
     assert_eq!(refusals[1]["status"], Value::Null);
     assert_eq!(refusals[1]["error"], "unparsable");
     assert!(refusals[1]["detail"].as_str().unwrap().contains("3 cells"));
+    assert_eq!(refusals[2]["line"], 8);
+    assert_eq!(refusals[2]["status"], 422);
+    assert!(
+        refusals[2]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("product: "),
+        "{refusals:#?}"
+    );
     let lines: Vec<u64> = placed(&first).iter().map(|(l, _)| *l).collect();
     assert_eq!(lines, [2, 3, 6, 7]);
 
@@ -119,7 +130,7 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
     let second: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(second["accepted"], 0, "{second:#}");
     assert_eq!(second["already_placed"], 4);
-    assert_eq!(second["refused"], 2);
+    assert_eq!(second["refused"], 3);
     assert_eq!(placed(&second), placed(&first));
     assert!(
         second["orders"]
@@ -141,6 +152,10 @@ async fn an_import_places_each_good_line_once_and_names_the_others_with_their_re
         "{table}"
     );
     assert!(table.contains("line 5      unparsable"), "{table}");
+    assert!(
+        table.contains("line 8      422 invalid_field  product: "),
+        "{table}"
+    );
 
     // A file with only good lines succeeds.
     let good = dir.path().join("good.csv");

@@ -166,6 +166,7 @@ async fn a_saga_streams_every_step_once_in_order_filtered_and_resumable() {
         assert_eq!(order["status"], status);
         let events: Vec<&Sse> = seen.iter().filter(|e| is_order(e, id)).collect();
         assert_eq!(events[0].data["status"], "PROCESSING", "{events:#?}");
+        assert!(events.iter().all(|e| e.data["product"] == "late_token"));
         assert_eq!(events.last().unwrap().data["status"], status);
         // Versions grow, and every entry of the timeline is there once, in order: the
         // stream says what GET /api/orders/{id} says.
