@@ -23,7 +23,7 @@ use common::{
     db::{Db, Tx},
     domain::OrderId,
     inbox,
-    messages::{Event, Events, newest_only},
+    messages::{Event, Events, OrderUpdated, newest_only},
     telemetry::{self, Context},
     time::now_ms,
     topology,
@@ -84,7 +84,7 @@ impl Projection {
                 _ => None,
             })
         };
-        let orders: Vec<OrderId> = updates().map(|u| u.order_id).collect();
+        let orders: Vec<&OrderUpdated> = updates().collect();
         let mut held = store::orders::held(tx, self.db.backend(), &orders).await?;
         let mut feed = Vec::new();
         for event in events {

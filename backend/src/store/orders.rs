@@ -101,25 +101,55 @@ pub struct Held {
     pub timeline_seq: i64,
 }
 
-/// The rows of `ids` as they stand, for the updates about to be applied to them: what
-/// each holds says which timeline entries an update adds (the order feed). Orders without
-/// a row are absent.
+/// The rows of the orders `updates` are about to change, as they stand: what each holds
+/// says which timeline entries an update adds (the order feed). Orders without a row are
+/// absent (SQLite), or given one first (PostgreSQL, below).
 ///
 /// On PostgreSQL the rows are locked (`FOR UPDATE`, in id order) until the transaction
 /// ends: two replicas' projections applying updates of one order then take turns, and the
 /// second reads what the first wrote, instead of both counting the same entries as new.
 /// The id order makes every transaction lock them in the same order (no deadlock between
-/// them). SQLite has one writer at a time.
+/// them). A row that does not exist cannot be locked, so an order without one (never the
+/// case of an order placed through this backend, whose POST wrote it first) gets the row a
+/// POST would have written (version 0, empty timeline), `ON CONFLICT DO NOTHING`, and is
+/// read again: a replica inserting it at the same time makes this one wait for its commit.
+/// SQLite has one writer at a time.
 pub async fn held(
     tx: &mut Tx,
     backend: Backend,
-    ids: &[OrderId],
+    updates: &[&OrderUpdated],
+) -> Result<HashMap<OrderId, Held>, sqlx::Error> {
+    let mut ids: Vec<String> = updates.iter().map(|u| u.order_id.to_string()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let lock = backend == Backend::Postgres;
+    let mut held = select_held(tx, &ids, lock).await?;
+    if lock {
+        let mut missing: Vec<&OrderUpdated> = updates
+            .iter()
+            .copied()
+            .filter(|u| !held.contains_key(&u.order_id))
+            .collect();
+        if !missing.is_empty() {
+            // In id order too: two replicas inserting the same new orders wait in turn.
+            missing.sort_by_key(|u| u.order_id);
+            missing.dedup_by_key(|u| u.order_id);
+            insert_unseen(tx, &missing).await?;
+            let ids: Vec<String> = missing.iter().map(|u| u.order_id.to_string()).collect();
+            held.extend(select_held(tx, &ids, lock).await?);
+        }
+    }
+    Ok(held)
+}
+
+/// [`held`]'s read of `ids` (sorted), `FOR UPDATE` if `lock`.
+async fn select_held(
+    tx: &mut Tx,
+    ids: &[String],
+    lock: bool,
 ) -> Result<HashMap<OrderId, Held>, sqlx::Error> {
     const IDS: usize = 256;
     let mut held = HashMap::with_capacity(ids.len());
-    let mut ids: Vec<String> = ids.iter().map(OrderId::to_string).collect();
-    ids.sort_unstable();
-    ids.dedup();
     for chunk in ids.chunks(IDS) {
         let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         // The timeline is read only where its newest seq is not stored (see the migration).
@@ -129,7 +159,7 @@ pub async fn held(
              FROM orders WHERE order_id IN ({}) ORDER BY order_id",
             list.join(", ")
         );
-        if backend == Backend::Postgres {
+        if lock {
             sql.push_str(" FOR UPDATE");
         }
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -158,6 +188,51 @@ pub async fn held(
         }
     }
     Ok(held)
+}
+
+/// For orders this read model has no row of: the row their POST would have written
+/// (PROCESSING, version 0, empty timeline), unless one exists by now.
+async fn insert_unseen(tx: &mut Tx, updates: &[&OrderUpdated]) -> Result<(), sqlx::Error> {
+    const ROWS: usize = 128;
+    for chunk in updates.chunks(ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 2 + i * 7;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${}, 0)",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 5,
+                    p + 6
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO orders (order_id, username, price, amount, product, status, phase, listed, \
+             version, placed_at_ms, updated_at_ms, timeline, trace_id, timeline_seq) VALUES {} \
+             ON CONFLICT (order_id) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .persistent(false)
+            .bind(OrderStatus::Processing.as_str());
+        for u in chunk {
+            query = query
+                .bind(u.order_id.to_string())
+                .bind(u.terms.username.as_str().to_string())
+                .bind(u.terms.price.get())
+                .bind(u.terms.amount.get())
+                .bind(u.terms.product.as_str().to_string())
+                .bind(u.placed_at_ms)
+                .bind(u.trace_id.clone());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// The seq of the newest entry of a stored timeline (0 if empty), reading only the seqs.
