@@ -134,7 +134,17 @@ fn ids(events: &[Sse]) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_streams_every_step_once_in_order_filtered_and_resumable() {
-    let m = InProcess::start(&[]).await;
+    sagas_stream_every_step_once(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_streams_the_same_on_postgresql() {
+    let pg = PgDatabase::create();
+    sagas_stream_every_step_once(&[("DATABASE_URL", pg.url())]).await;
+}
+
+async fn sagas_stream_every_step_once(extra: &[(&str, String)]) {
+    let m = InProcess::start(extra).await;
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let (alice, bob) = (format!("alice-{run}"), format!("bob-{run}"));
     let mut all = Stream::open(&m.base_url, "", None).await;
