@@ -18,7 +18,10 @@ pub const TARGETS: &[(&str, &str)] = &[
     ("manager", "saga orchestrator"),
     ("order", "order worker"),
     ("payment", "payment worker (users' credits)"),
-    ("inventory", "inventory worker (stock per product of the catalog, restocks)"),
+    (
+        "inventory",
+        "inventory worker (stock per product of the catalog, restocks)",
+    ),
     ("delivery", "delivery worker"),
     ("dead-letter", "dead-letter store"),
 ];
