@@ -4,14 +4,17 @@
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
 use axum::{
-    Json,
+    Extension, Json,
     extract::{Query, State, rejection::QueryRejection},
-    response::sse::{Event, KeepAlive, Sse},
+    http::HeaderValue,
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
 };
-use common::{db::Db, domain::OrderStatus, paging, time::now_ms};
-use futures::Stream;
+use common::{db::Db, domain::OrderStatus, http_server::ConnectionControl, paging, time::now_ms};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, AppState};
@@ -414,7 +417,8 @@ impl SummaryFeed {
 ///
 /// Sends `event: summary` with the [`Summary`] as JSON at once, then again whenever it
 /// changes (read at most twice a second), with a keep-alive comment every 15 s. A slow
-/// client is sent the newest summary, never a backlog.
+/// client is sent the newest summary, never a backlog; one that stops reading for
+/// [`STALL`] while a newer summary waits is disconnected (it may connect again).
 #[utoipa::path(
     get,
     path = "/api/analytics/stream",
@@ -427,25 +431,83 @@ impl SummaryFeed {
 )]
 pub async fn stream(
     State(app): State<AppState>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    control: Option<Extension<ConnectionControl>>,
+) -> Result<Response, ApiError> {
     let first = summary_of(&app.db).await?;
-    let mut rx = app.summary.tx.subscribe();
-    rx.mark_unchanged();
-    let events = futures::stream::unfold((Some(first), rx), |(first, mut rx)| async move {
-        let next = match first {
-            Some(s) => s,
-            None => loop {
-                rx.changed().await.ok()?;
-                if let Some(s) = rx.borrow_and_update().clone() {
-                    break s;
+    let mut changes = app.summary.tx.subscribe();
+    changes.mark_unchanged();
+    let (out, buffered) = mpsc::channel::<Summary>(1);
+    let control = control.map(|Extension(c)| c);
+    // Held by the body: the connection is busy as long as the stream goes on.
+    let streaming = control.as_ref().map(ConnectionControl::streaming);
+    tokio::spawn(forward(first, changes, out, control));
+    let events = futures::stream::unfold(
+        (buffered, streaming),
+        |(mut buffered, streaming)| async move {
+            let next = buffered.recv().await?;
+            let event = Event::default()
+                .event("summary")
+                .json_data(&next)
+                .unwrap_or_else(|_| Event::default().event("error").data(UNAVAILABLE));
+            Some((Ok::<_, Infallible>(event), (buffered, streaming)))
+        },
+    );
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    // A proxy that buffers answers would hold events back.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// How long a newer summary may wait for a client that stopped reading before it is
+/// disconnected.
+pub const STALL: Duration = Duration::from_secs(5);
+
+/// Hands `first`, then each changed summary, to one client's body until the client goes,
+/// stalls for [`STALL`], or the server drains; closes the connection of a stalled client
+/// (hyper no longer polls its body, so the body could not end by itself).
+async fn forward(
+    first: Summary,
+    mut changes: watch::Receiver<Option<Summary>>,
+    out: mpsc::Sender<Summary>,
+    control: Option<ConnectionControl>,
+) {
+    let follow = async {
+        let mut next = Some(first);
+        loop {
+            let summary = match next.take() {
+                Some(s) => s,
+                None => {
+                    if changes.changed().await.is_err() {
+                        return false; // the backend is going away
+                    }
+                    let Some(s) = changes.borrow_and_update().clone() else {
+                        continue;
+                    };
+                    s
                 }
-            },
-        };
-        let event = Event::default()
-            .event("summary")
-            .json_data(&next)
-            .unwrap_or_else(|_| Event::default().event("error").data(UNAVAILABLE));
-        Some((Ok(event), (None, rx)))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+            };
+            match tokio::time::timeout(STALL, out.send(summary)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return false, // the client went
+                Err(_) => return true,
+            }
+        }
+    };
+    let stalled = match &control {
+        Some(c) => tokio::select! {
+            () = c.draining() => true,
+            stalled = follow => stalled,
+        },
+        None => follow.await,
+    };
+    if stalled && let Some(c) = control {
+        tracing::info!(
+            "an analytics stream client stopped reading, or the server drains; disconnected"
+        );
+        c.close();
+    }
 }
