@@ -68,6 +68,10 @@ pub struct Config {
     /// `TLS_CA_FILE`: a CA trusted beside the system's roots. It is already in `amqp_url`
     /// (`cacertfile=`) and `database_url` (`sslrootcert=`) unless they named their own.
     pub tls_ca_file: Option<crate::tls::CaFile>,
+    /// `TRACE_UI_URL`: where the dashboard links an order's trace (`{trace_id}` in it is
+    /// replaced by the order's trace id; without it the id is appended). None: the
+    /// dashboard shows the id without a link.
+    pub trace_ui_url: Option<String>,
 }
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -201,6 +205,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "TLS_CA_FILE",
         "(unset: system roots)",
         "PEM CA trusted beside the system's roots by amqps://, PostgreSQL sslmode=verify-* and https:// OTLP",
+    ),
+    (
+        "TRACE_UI_URL",
+        "(unset: no link)",
+        "the dashboard's link to an order's trace, e.g. https://signoz.example/trace/{trace_id} ({trace_id} replaced, else the id appended)",
     ),
     ("RUST_LOG", "info", "log filter"),
     ("LOG_FORMAT", "text", "text or json"),
@@ -336,6 +345,7 @@ impl Config {
         let purchase_rate_limit =
             rate_limit(var("PURCHASE_RATE_LIMIT"), var("PURCHASE_RATE_BURST"))?;
         let tls_ca_file = tls_ca(&mut amqp_url, &mut database_url, var("TLS_CA_FILE"))?;
+        let trace_ui_url = trace_ui_url(var("TRACE_UI_URL"))?;
         Ok(Self {
             amqp_url,
             http_addr,
@@ -359,6 +369,7 @@ impl Config {
             http,
             purchase_rate_limit,
             tls_ca_file,
+            trace_ui_url,
         })
     }
 }
@@ -427,6 +438,29 @@ fn tls_ca(
         tls::check_url_ca(url, "sslrootcert").map_err(|p| err("DATABASE_URL", &redact(url), &p))?;
     }
     Ok(ca)
+}
+
+/// `TRACE_UI_URL`, if set: an http(s) URL, since the dashboard puts it in a link (any other
+/// scheme, `javascript:` among them, is refused at start).
+fn trace_ui_url(raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = raw.map(|v| v.trim().to_string()) else {
+        return Ok(None);
+    };
+    let lower = url.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    if !rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/')) {
+        return Err(err(
+            "TRACE_UI_URL",
+            &url,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("TRACE_UI_URL", &url, "must not contain spaces"));
+    }
+    Ok(Some(url))
 }
 
 /// The operator token from `ADMIN_TOKEN` or from the file `ADMIN_TOKEN_FILE` names (its
@@ -748,6 +782,26 @@ mod tests {
                 .unwrap()
                 .fault_injection
         );
+    }
+
+    #[test]
+    fn the_trace_ui_url_is_optional_and_only_http() {
+        assert_eq!(config(&[]).unwrap().trace_ui_url, None);
+        let url = "https://signoz.example/trace/{trace_id}";
+        assert_eq!(
+            config(&[("TRACE_UI_URL", url)]).unwrap().trace_ui_url,
+            Some(url.to_string())
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "signoz.example/trace",
+            "https://",
+            "http:///trace",
+            "https://a b",
+        ] {
+            let e = config(&[("TRACE_UI_URL", bad)]).unwrap_err();
+            assert_eq!(e.variable, "TRACE_UI_URL", "{bad}");
+        }
     }
 
     #[test]
