@@ -12,6 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub mod accounts;
 pub mod analytics;
 pub mod backlog;
+pub mod dashboard;
 pub mod orders;
 mod placing;
 pub mod purchase;
@@ -121,6 +122,8 @@ pub fn router_with_feed(
         .route("/api/analytics/timeseries", get(analytics::timeseries))
         .route("/api/analytics/stream", get(analytics::stream))
         .merge(operator)
+        // The page at `/`: not JSON API, so not in the OpenAPI document.
+        .merge(dashboard::router(config.trace_ui_url.clone()))
         // After the routes: it applies to those that exist when it is called.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("no such path".into()) })

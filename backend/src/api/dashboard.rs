@@ -1,0 +1,135 @@
+//! The dashboard at `/`: one page of plain HTML, JavaScript and CSS, embedded in the binary
+//! so that it works offline and loads nothing from anywhere else. The page reads the JSON
+//! API like any other client; these routes are not part of that API and stay out of the
+//! OpenAPI document.
+//!
+//! `GET /dashboard/config.json` tells the page what only the server knows:
+//! `{"trace_ui_url": "https://signoz.example/trace/{trace_id}"}` (`TRACE_UI_URL`; null when
+//! unset). The page replaces `{trace_id}` in it with an order's trace id, or appends the id
+//! when the URL has no `{trace_id}`.
+
+use axum::{
+    Router,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
+
+/// Everything the page loads comes from this origin; no inline script or style, no frame.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+form-action 'none'; frame-ancestors 'none'";
+
+/// What the page needs to know from the server's configuration.
+#[derive(Debug, Serialize)]
+struct PageConfig {
+    /// The trace UI's URL of one trace, `{trace_id}` standing for the id.
+    trace_ui_url: Option<String>,
+}
+
+/// The page's routes. Generic over the state so that they can sit beside the API's (and be
+/// traced and counted like them) without reading any of it.
+pub fn router<S: Clone + Send + Sync + 'static>(trace_ui_url: Option<String>) -> Router<S> {
+    let config = serde_json::to_string(&PageConfig { trace_ui_url })
+        .expect("a struct of strings serializes");
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/dashboard/app.css",
+            get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+        .route(
+            "/dashboard/config.json",
+            get(move || async move { asset("application/json", config) }),
+        )
+}
+
+/// `body` with its type, revalidated on every load (the assets change with the binary, and
+/// carry no version in their names).
+fn asset(content_type: &'static str, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = body.into().into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+
+    async fn get(app: Router, path: &str) -> (Response, String) {
+        let response = app
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (
+            Response::from_parts(parts, Body::empty()),
+            String::from_utf8(bytes.to_vec()).unwrap(),
+        )
+    }
+
+    fn header(response: &Response, name: header::HeaderName) -> &str {
+        response.headers()[name].to_str().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_page_and_its_assets_are_served_with_their_types_and_no_cache() {
+        for (path, content_type) in [
+            ("/", "text/html; charset=utf-8"),
+            ("/dashboard/app.js", "text/javascript; charset=utf-8"),
+            ("/dashboard/app.css", "text/css; charset=utf-8"),
+            ("/dashboard/config.json", "application/json"),
+        ] {
+            let (response, body) = get(router(None), path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            assert_eq!(header(&response, header::CONTENT_TYPE), content_type);
+            assert_eq!(header(&response, header::CACHE_CONTROL), "no-cache");
+            assert!(!body.is_empty(), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_page_loads_its_own_script_and_style_only() {
+        let (_, html) = get(router(None), "/").await;
+        assert!(html.contains(r#"src="/dashboard/app.js""#));
+        assert!(html.contains(r#"href="/dashboard/app.css""#));
+        for outside in ["http://", "https://", "//cdn"] {
+            assert!(!html.contains(outside), "the page names {outside}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_config_carries_the_trace_ui_url_or_null() {
+        let (_, body) = get(router(None), "/dashboard/config.json").await;
+        assert_eq!(body, r#"{"trace_ui_url":null}"#);
+        let url = "https://signoz.example/trace/{trace_id}";
+        let (_, body) = get(router(Some(url.into())), "/dashboard/config.json").await;
+        let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(config["trace_ui_url"], url);
+    }
+}
