@@ -705,7 +705,8 @@
     // The newest orders first, so that the feed is not empty until something moves.
     guard(pollFeed);
     stream("/api/orders/stream", {
-      events: { order: onOrderEvent },
+      // A resume from an id the server no longer keeps: read the newest orders again.
+      events: { order: onOrderEvent, reset: () => guard(pollFeed) },
       onOpen: () => {
         state.feedLive = true;
         clearInterval(feedPolling);
