@@ -65,8 +65,9 @@ ensure_postgres() {
     return 1
 }
 
-# Headless Chromium renders /docs in tests-py/test_docs_browser.py. Best effort: without
-# it (no root, no apt) that one test is skipped and says why.
+# Headless Chromium renders /docs in tests-py/test_docs_browser.py and drives the dashboard
+# in tests-py/test_dashboard_browser.py. Best effort: without it (no root, no apt) those
+# tests are skipped and say why.
 ensure_chromium() {
     command -v chromium >/dev/null && return 0
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
