@@ -12,14 +12,7 @@ use support::*;
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn inventory(base_url: &str) -> Value {
-    client()
-        .get(format!("{base_url}/api/inventory"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(base_url, "/api/inventory").await
 }
 
 /// The stock of `product` as the read model shows it.
@@ -61,14 +54,7 @@ async fn post(base_url: &str, path: &str, body: Value) -> (u16, Value) {
 async fn audit_ok(base_url: &str) -> Value {
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
-        let report: Value = client()
-            .get(format!("{base_url}/api/audit?grace_ms=0"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report = get_json(base_url, "/api/audit?grace_ms=0").await;
         if report["ok"] == true || tokio::time::Instant::now() >= deadline {
             return report;
         }

@@ -304,16 +304,21 @@ pub async fn purchase(base_url: &str, body: Value) -> String {
     v["order_id"].as_str().expect("order_id").to_string()
 }
 
-/// The order as `GET /api/orders/{id}` shows it now.
-pub async fn get_order(base_url: &str, order_id: &str) -> Value {
+/// `GET {base_url}{path}`, its body as JSON.
+pub async fn get_json(base_url: &str, path: &str) -> Value {
     client()
-        .get(format!("{base_url}/api/orders/{order_id}"))
+        .get(format!("{base_url}{path}"))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap()
+}
+
+/// The order as `GET /api/orders/{id}` shows it now.
+pub async fn get_order(base_url: &str, order_id: &str) -> Value {
+    get_json(base_url, &format!("/api/orders/{order_id}")).await
 }
 
 /// Polls the order until its status is final; panics after `bound`.
@@ -359,14 +364,7 @@ pub async fn credits(base_url: &str, username: &str) -> Option<i64> {
 }
 
 pub async fn stock(base_url: &str) -> i64 {
-    let v: Value = client()
-        .get(format!("{base_url}/api/inventory"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(base_url, "/api/inventory").await;
     v[0]["stock"].as_i64().expect("stock")
 }
 

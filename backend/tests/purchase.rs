@@ -343,3 +343,15 @@ async fn a_product_must_be_in_the_catalog_and_bought_at_its_catalog_price() {
     let order = app.get(&format!("/api/orders/{id}")).await;
     assert_eq!(order.body["product"], "late_token");
 }
+
+#[tokio::test]
+async fn the_document_lists_the_catalog_as_the_products_a_purchase_may_name() {
+    let app = support::spawn_app_with(&[("PRODUCTS", "late_token=5,early_token=3@7")]).await;
+    let doc = app.get("/api-docs/openapi.json").await.body;
+    let product = &doc["components"]["schemas"]["PurchaseRequest"]["properties"]["product"];
+    let text = product.to_string();
+    assert!(
+        text.contains(r#""enum":["late_token","early_token"]"#),
+        "{product:#}"
+    );
+}

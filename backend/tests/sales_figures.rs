@@ -206,7 +206,7 @@ async fn bad_parameters_are_refused_naming_them() {
         ("/api/analytics/timeseries?bucket_s=0", "bucket_s"),
         ("/api/analytics/timeseries?bucket_s=abc", "bucket_s"),
         (
-            "/api/analytics/timeseries?bucket_s=60&window_s=90",
+            "/api/analytics/timeseries?bucket_s=60&window_s=59",
             "window_s",
         ),
         (
@@ -223,6 +223,10 @@ async fn bad_parameters_are_refused_naming_them() {
         (json!(60), json!(3600))
     );
     assert_eq!(series["points"].as_array().unwrap().len(), 60);
+    // A window that is not whole buckets is rounded up to whole ones.
+    let series = get(&app, "/api/analytics/timeseries?bucket_s=60&window_s=90").await;
+    assert_eq!(series["window_s"], 120);
+    assert_eq!(series["points"].as_array().unwrap().len(), 2);
     assert_eq!(get(&app, "/api/analytics/top-customers").await, json!([]));
 }
 

@@ -116,18 +116,19 @@ pub struct TopParams {
 #[into_params(parameter_in = Query)]
 pub struct SeriesParams {
     /// Seconds per bucket: a multiple of 60 from 60 to 86,400 (default 60, sales per minute).
-    #[param(value_type = Option<i64>, minimum = 60, maximum = 86400, example = 60)]
+    #[param(value_type = Option<i64>, minimum = 60, maximum = 86400, multiple_of = 60, example = 60)]
     pub bucket_s: Option<String>,
-    /// Seconds of history, ending now: a multiple of `bucket_s`, at most 1,440 buckets and
-    /// 30 days (default 3,600).
-    #[param(value_type = Option<i64>, minimum = 60, maximum = 2592000, example = 3600)]
+    /// Seconds of history, ending now, from 60 to 86,400 (default 3,600, or one bucket if
+    /// that is longer); rounded up to whole buckets (the answer's `window_s`).
+    #[param(value_type = Option<i64>, minimum = 60, maximum = 86400, example = 3600)]
     pub window_s: Option<String>,
 }
 
-const MAX_BUCKETS: i64 = 1440;
-const MAX_WINDOW_S: i64 = 30 * 24 * 3600;
+/// The longest window, so at most 1,440 buckets (of a minute).
+const MAX_WINDOW_S: i64 = 86_400;
 
 impl SeriesParams {
+    /// `(bucket_s, window_s)`, the window rounded up to whole buckets.
     fn parse(&self) -> Result<(i64, i64), ApiError> {
         let int = |name: &str, v: Option<&str>, default: i64| match v {
             None => Ok(default),
@@ -142,17 +143,13 @@ impl SeriesParams {
             ));
         }
         let window = int("window_s", self.window_s.as_deref(), 3600.max(bucket))?;
-        if window < bucket || window % bucket != 0 {
+        if !(60..=MAX_WINDOW_S).contains(&window) {
             return Err(ApiError::BadRequest(format!(
-                "window_s: must be a multiple of bucket_s ({bucket})"
+                "window_s: must be from 60 to {MAX_WINDOW_S}"
             )));
         }
-        if window / bucket > MAX_BUCKETS || window > MAX_WINDOW_S {
-            return Err(ApiError::BadRequest(format!(
-                "window_s: at most {MAX_BUCKETS} buckets and {MAX_WINDOW_S} seconds"
-            )));
-        }
-        Ok((bucket, window))
+        let buckets = (window + bucket - 1) / bucket;
+        Ok((bucket, buckets * bucket))
     }
 }
 

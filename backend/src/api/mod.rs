@@ -75,6 +75,7 @@ pub fn router_with_feed(
     }
     common::operator::add_security_scheme(&mut doc);
     purchase::document_username_pattern(&mut doc);
+    purchase::document_catalog(&mut doc, &config.catalog);
     common::http_server::document_limits(&mut doc);
     let backlog = std::sync::Arc::new(backlog::Backlog::new(config.max_backlog));
     let state = AppState {

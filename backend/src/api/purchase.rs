@@ -55,8 +55,9 @@ pub struct PurchaseRequest {
     /// Tokens to buy: 1 to 10⁶.
     #[schema(minimum = 1, maximum = 1_000_000)]
     amount: i64,
-    /// What to buy: a product of the catalog (`GET /api/inventory`). When the catalog gives
-    /// the product a price, `price` must equal it.
+    /// What to buy: a product of the catalog (`PRODUCTS`; listed by `GET /api/inventory`),
+    /// which this document lists. When the catalog gives the product a price, `price` must
+    /// equal it (422 naming `price` otherwise).
     #[schema(
         default = "late_token",
         min_length = 1,
@@ -125,6 +126,37 @@ pub fn document_username_pattern(doc: &mut utoipa::openapi::OpenApi) {
     };
     if let Some(RefOr::T(Schema::Object(username))) = request.properties.get_mut("username") {
         username.pattern = Some(common::domain::username_pattern());
+    }
+}
+
+/// Writes the catalog into `doc`: the products a purchase may name (`enum` of
+/// `PurchaseRequest.product`), so that the document says what the server accepts.
+pub fn document_catalog(doc: &mut utoipa::openapi::OpenApi, catalog: &common::catalog::Catalog) {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    let Some(RefOr::T(Schema::Object(request))) = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("PurchaseRequest"))
+    else {
+        return;
+    };
+    let names: Vec<serde_json::Value> = catalog
+        .listings()
+        .iter()
+        .map(|l| l.product.as_str().into())
+        .collect();
+    match request.properties.get_mut("product") {
+        Some(RefOr::T(Schema::Object(product))) => product.enum_values = Some(names),
+        Some(RefOr::T(Schema::OneOf(one_of))) => {
+            for item in &mut one_of.items {
+                if let RefOr::T(Schema::Object(o)) = item
+                    && o.pattern.is_some()
+                {
+                    o.enum_values = Some(names.clone());
+                }
+            }
+        }
+        _ => {}
     }
 }
 

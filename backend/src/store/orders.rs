@@ -51,13 +51,20 @@ pub struct Placed {
 
 /// [`insert_placed`] for many orders, in one statement.
 pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sqlx::Error> {
+    insert_rows(tx, orders, "").await
+}
+
+/// Writes the rows of `orders` as a POST writes them (PROCESSING, version 0, an empty
+/// timeline), a few hundred to a statement, `conflict` (an `ON CONFLICT` clause, or
+/// nothing) after them.
+async fn insert_rows(tx: &mut Tx, orders: &[Placed], conflict: &str) -> Result<(), sqlx::Error> {
     const ROWS: usize = 256;
     for chunk in orders.chunks(ROWS) {
         let rows: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let p = 2 + i * 7;
                 format!(
-                    "(${}, ${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${})",
+                    "(${}, ${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${}, 0)",
                     p,
                     p + 1,
                     p + 2,
@@ -71,7 +78,7 @@ pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sq
             .collect();
         let sql = format!(
             "INSERT INTO orders (order_id, username, price, amount, product, status, phase, listed, \
-             version, placed_at_ms, updated_at_ms, timeline, trace_id) VALUES {}",
+             version, placed_at_ms, updated_at_ms, timeline, trace_id, timeline_seq) VALUES {} {conflict}",
             rows.join(", ")
         );
         // Not kept prepared: one statement per batch size would crowd the statement cache.
@@ -193,46 +200,16 @@ async fn select_held(
 /// For orders this read model has no row of: the row their POST would have written
 /// (PROCESSING, version 0, empty timeline), unless one exists by now.
 async fn insert_unseen(tx: &mut Tx, updates: &[&OrderUpdated]) -> Result<(), sqlx::Error> {
-    const ROWS: usize = 128;
-    for chunk in updates.chunks(ROWS) {
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = 2 + i * 7;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, $1, 'running', 0, 0, ${}, ${}, '[]', ${}, 0)",
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 5,
-                    p + 6
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO orders (order_id, username, price, amount, product, status, phase, listed, \
-             version, placed_at_ms, updated_at_ms, timeline, trace_id, timeline_seq) VALUES {} \
-             ON CONFLICT (order_id) DO NOTHING",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .persistent(false)
-            .bind(OrderStatus::Processing.as_str());
-        for u in chunk {
-            query = query
-                .bind(u.order_id.to_string())
-                .bind(u.terms.username.as_str().to_string())
-                .bind(u.terms.price.get())
-                .bind(u.terms.amount.get())
-                .bind(u.terms.product.as_str().to_string())
-                .bind(u.placed_at_ms)
-                .bind(u.trace_id.clone());
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
+    let rows: Vec<Placed> = updates
+        .iter()
+        .map(|u| Placed {
+            id: u.order_id,
+            terms: u.terms.clone(),
+            placed_at_ms: u.placed_at_ms,
+            trace_id: u.trace_id.clone(),
+        })
+        .collect();
+    insert_rows(tx, &rows, "ON CONFLICT (order_id) DO NOTHING").await
 }
 
 /// The seq of the newest entry of a stored timeline (0 if empty), reading only the seqs.
