@@ -45,34 +45,14 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("marketplace import: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&options)) {
-        Ok(report) => {
-            if options.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("a report serializes")
-                );
-            } else {
-                print!("{}", report.table());
-            }
-            if report.ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("marketplace import: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    crate::cli::finish(
+        "import",
+        options.json,
+        run(&options),
+        Report::table,
+        Report::ok,
+        ExitCode::from(2),
+    )
 }
 
 /// Reads the file and places its purchases. An error means nothing was sent (the file

@@ -54,28 +54,12 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("marketplace loadgen: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(&options)) {
-        Ok(report) => {
-            if options.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("a report serializes")
-                );
-            } else {
-                print!("{}", render_table(&report));
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("marketplace loadgen: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::cli::finish(
+        "loadgen",
+        options.json,
+        run(&options),
+        render_table,
+        |_| true,
+        ExitCode::FAILURE,
+    )
 }
