@@ -127,6 +127,26 @@ impl Broker {
         }
     }
 
+    /// Resolves once `conn` is no longer this broker's live connection: lost, or replaced
+    /// by a newer one. What was opened on it (a consumer, a publisher's channel) must start
+    /// again on the next: the client does not always end a consumer whose connection died.
+    pub async fn superseded(&self, conn: &Arc<Connection>) {
+        let mut rx = self.current.clone();
+        loop {
+            let live = rx
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, conn) && c.status().connected());
+            if !live {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The supervisor ended (shutting down): the connection stays for the drain.
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The live connection if there is one right now.
     pub fn try_connection(&self) -> Option<Arc<Connection>> {
         self.current
@@ -486,8 +506,13 @@ pub fn queue_arguments(dead_letters: bool) -> FieldTable {
 /// Publishes with confirms on a channel of its own, re-opened after any failure.
 pub struct Publisher {
     broker: Broker,
-    channel: Option<Channel>,
+    /// The channel, and the connection it was opened on.
+    channel: Option<(Channel, Arc<Connection>)>,
 }
+
+/// How long a publisher waits for the broker to open its channel, and the relay for the
+/// confirms of a batch, before it takes the channel for lost (the rows stay in the outbox).
+pub const BROKER_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 impl Publisher {
     pub fn new(broker: Broker) -> Self {
@@ -497,23 +522,32 @@ impl Publisher {
         }
     }
 
+    /// The channel, opened again when it closed or the broker's connection is a new one
+    /// (a channel of a dead connection may never say so).
     async fn channel(&mut self) -> anyhow::Result<&Channel> {
-        if self
+        let conn = self
+            .broker
+            .try_connection()
+            .context("not connected to RabbitMQ")?;
+        let usable = self
             .channel
             .as_ref()
-            .is_none_or(|c| !c.status().connected())
-        {
-            let conn = self
-                .broker
-                .try_connection()
-                .context("not connected to RabbitMQ")?;
-            let channel = conn.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            self.channel = Some(channel);
+            .is_some_and(|(channel, on)| Arc::ptr_eq(on, &conn) && channel.status().connected());
+        if !usable {
+            self.channel = None;
+            let open = async {
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                anyhow::Ok(channel)
+            };
+            let channel = tokio::time::timeout(BROKER_ANSWER_WAIT, open)
+                .await
+                .context("no answer to opening a channel")??;
+            self.channel = Some((channel, conn));
         }
-        Ok(self.channel.as_ref().expect("set above"))
+        Ok(&self.channel.as_ref().expect("set above").0)
     }
 
     /// Publishes every message (pipelined) and returns the ids the broker confirmed and
@@ -530,7 +564,9 @@ impl Publisher {
     /// Publishes every message without waiting for the broker's confirms: they are awaited
     /// with [`Sent::confirmed`], while the next messages are published.
     pub async fn send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
-        let result = self.try_send_all(batch).await;
+        let result = tokio::time::timeout(BROKER_ANSWER_WAIT, self.try_send_all(batch))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer to publishing")));
         if result.is_err() {
             self.channel = None;
         }
@@ -601,8 +637,15 @@ impl Sent {
         self.confirms.iter().map(|s| s.id.as_str())
     }
 
-    /// Waits for the broker's confirms and returns the ids it confirmed and routed.
+    /// Waits for the broker's confirms and returns the ids it confirmed and routed; an
+    /// error when they do not all come within [`BROKER_ANSWER_WAIT`].
     pub async fn confirmed(self) -> anyhow::Result<Vec<String>> {
+        tokio::time::timeout(BROKER_ANSWER_WAIT, self.await_confirms())
+            .await
+            .context("no confirm from the broker")?
+    }
+
+    async fn await_confirms(self) -> anyhow::Result<Vec<String>> {
         let mut confirmed = Vec::with_capacity(self.confirms.len());
         for Sending {
             id,
@@ -854,7 +897,7 @@ pub async fn consume<H: Handler>(
     let counters = broker.metrics.consumer(queue);
     while let Some(conn) = broker.connection(&shutdown).await {
         let on = consume_on(
-            &conn, queue, prefetch, &handler, &tracker, &shutdown, &counters,
+            &broker, &conn, queue, prefetch, &handler, &tracker, &shutdown, &counters,
         );
         if let Err(e) = on.await {
             tracing::warn!(queue, error = %format!("{e:#}"), "consumer stopped; resuming on the next connection");
@@ -868,8 +911,10 @@ pub async fn consume<H: Handler>(
     tracker.wait().await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn consume_on<H: Handler>(
-    conn: &Connection,
+    broker: &Broker,
+    conn: &Arc<Connection>,
     queue: &'static str,
     prefetch: u16,
     handler: &Arc<H>,
@@ -877,13 +922,16 @@ async fn consume_on<H: Handler>(
     shutdown: &Shutdown,
     counters: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
-    let (channel, tag, mut consumer) = subscribe(conn, queue, prefetch).await?;
+    let lost = broker.superseded(conn);
+    tokio::pin!(lost);
+    let (channel, tag, mut consumer) = subscribe(conn, queue, prefetch, &mut lost).await?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 unsubscribe(&channel, tag).await;
                 return Ok(());
             }
+            _ = &mut lost => anyhow::bail!("the connection of the consumer of {queue} was lost"),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let handler = handler.clone();
@@ -898,8 +946,27 @@ async fn consume_on<H: Handler>(
 }
 
 /// A consumer of `queue` on a channel of its own, with `prefetch` deliveries in flight at
-/// most; returns the channel and the consumer's tag too, to cancel it.
+/// most; returns the channel and the consumer's tag too, to cancel it. An error when `lost`
+/// (the connection's end) comes first, or the broker does not answer within
+/// [`SUBSCRIBE_WAIT`].
 async fn subscribe(
+    conn: &Connection,
+    queue: &'static str,
+    prefetch: u16,
+    lost: impl Future<Output = ()>,
+) -> anyhow::Result<(Channel, String, lapin::Consumer)> {
+    tokio::select! {
+        subscribed = tokio::time::timeout(SUBSCRIBE_WAIT, open_consumer(conn, queue, prefetch)) => {
+            subscribed.with_context(|| format!("no answer to consuming {queue} within {SUBSCRIBE_WAIT:?}"))?
+        }
+        _ = lost => anyhow::bail!("the connection was lost while consuming {queue}"),
+    }
+}
+
+/// How long a consumer waits for the broker to open its channel and subscription.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
+async fn open_consumer(
     conn: &Connection,
     queue: &'static str,
     prefetch: u16,
