@@ -12,7 +12,6 @@ pub type Part = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A started service, as `main` sees it: a readiness probe and a task that ends after the
 /// service has drained (consumers finished, outbox flushed, connection closed).
 pub struct Running {
-    pub name: &'static str,
     pub readiness: Readiness,
     pub task: JoinHandle<()>,
 }
@@ -59,9 +58,5 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         db.pool().close().await;
         tracing::info!(service = name, "stopped");
     });
-    Running {
-        name,
-        readiness,
-        task,
-    }
+    Running { readiness, task }
 }

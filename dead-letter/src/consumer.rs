@@ -5,7 +5,6 @@ use common::{
     bus::{self, Handler, HandlerError, Incoming},
     db::Db,
     domain::OrderId,
-    inbox,
     messages::{DeadLettered, ManagerMessage, PlaceOrder, Step, StepCommand},
     outbox,
     time::now_ms,
@@ -15,13 +14,13 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use crate::store::{self, NewLetter};
 
-pub struct DeadLetterStore {
+pub struct DeadLetterConsumer {
     pub db: Db,
     /// Counts the dead letters stored, by the queue they died in.
     pub metrics: std::sync::Arc<common::metrics::Metrics>,
 }
 
-impl Handler for DeadLetterStore {
+impl Handler for DeadLetterConsumer {
     async fn handle(&self, msg: &Incoming) -> Result<(), HandlerError> {
         let saga = saga_of(msg);
         let letter = read(msg, saga.order_id);
@@ -29,8 +28,6 @@ impl Handler for DeadLetterStore {
         let id = store::record(&mut tx, &letter, now_ms())
             .await
             .map_err(copy_stored_meanwhile)?;
-        // The dead letter's own id in our inbox is not needed: the upsert above is idempotent.
-        let _ = inbox::first_delivery(&mut tx, &format!("dl:{}", msg.message_id)).await?;
         tracing::warn!(dead_letter = %id, queue = ?letter.queue, reason = %letter.reason, order_id = ?letter.order_id, "stored a dead letter");
         // Never about a notice to the manager itself: that would loop.
         if let Some(order_id) = saga.order_id

@@ -21,7 +21,7 @@ use common::{
 };
 use utoipa::OpenApi;
 
-pub use consumer::DeadLetterStore;
+pub use consumer::DeadLetterConsumer;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,7 +33,7 @@ pub async fn start(
 ) -> anyhow::Result<(service::Running, axum::Router)> {
     let db = Db::open(&config, "dead-letter", &MIGRATIONS, &shutdown).await?;
     let broker = Broker::start(&config.amqp_url, "dead-letter", shutdown.clone());
-    let store = Arc::new(DeadLetterStore {
+    let store = Arc::new(DeadLetterConsumer {
         db: db.clone(),
         metrics: broker.metrics().clone(),
     });
