@@ -41,6 +41,7 @@ use common::{
     db::Db,
     domain::OrderStatus,
     http_error::{ApiError, ErrorBody},
+    messages::TimelineEvent,
     time::now_ms,
 };
 use futures::TryStreamExt;
@@ -192,8 +193,8 @@ struct SagaRow {
     status: String,
     phase: String,
     updated_at_ms: i64,
-    /// (step, event) for every timeline entry.
-    timeline: Vec<(String, String)>,
+    /// (step, event) for every timeline entry; None for an event the audit does not know.
+    timeline: Vec<(String, Option<TimelineEvent>)>,
 }
 
 /// One user's or one product's books, as its store sums them.
@@ -384,10 +385,12 @@ fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
         // 4: a step done (or failed, refused) twice means it ran twice.
         let mut answers: BTreeMap<&str, usize> = BTreeMap::new();
         for (step, event) in &saga.timeline {
-            if matches!(event.as_str(), "done" | "refused" | "failed") {
+            if event.is_some_and(TimelineEvent::is_answer) {
                 *answers.entry(step.as_str()).or_default() += 1;
             }
-            if event == "dead_lettered" && !w.dead_lettered_orders.contains(order_id) {
+            if *event == Some(TimelineEvent::DeadLettered)
+                && !w.dead_lettered_orders.contains(order_id)
+            {
                 add(
                     5,
                     format!(
@@ -781,7 +784,7 @@ impl Stores {
                     timeline: state
                         .timeline
                         .into_iter()
-                        .map(|e| (e.step, e.event))
+                        .map(|e| (e.step, TimelineEvent::parse(&e.event)))
                         .collect(),
                 },
             );

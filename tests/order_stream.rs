@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use common::{
     domain::{Credits, OrderId, OrderStatus, OrderTerms, Quantity, Username},
-    messages::{Event, Events, OrderUpdated, Step, TimelineEntry},
+    messages::{Event, Events, OrderUpdated, Phase, Step, TimelineEntry, TimelineEvent},
     topology,
 };
 use serde_json::{Value, json};
@@ -245,7 +245,7 @@ fn update(id: OrderId, t: &OrderTerms, version: i64, entries: usize, detail_len:
         order_id: id,
         terms: t.clone(),
         status: OrderStatus::Processing,
-        phase: "running".into(),
+        phase: Phase::Running,
         created: true,
         version,
         placed_at_ms: 1_700_000_000_000,
@@ -255,7 +255,7 @@ fn update(id: OrderId, t: &OrderTerms, version: i64, entries: usize, detail_len:
                 seq: i as i64 + 1,
                 at_ms: 1_700_000_000_000 + i as i64,
                 step: Step::CreateOrder,
-                event: "sent".into(),
+                event: TimelineEvent::Sent,
                 detail: (detail_len > 0).then(|| "x".repeat(detail_len)),
                 span_id: None,
             })

@@ -11,7 +11,7 @@ use common::{
     bus::HandlerError,
     db::{Db, Tx},
     domain::OrderStatus,
-    messages::OrderUpdated,
+    messages::{OrderUpdated, Phase},
 };
 
 use crate::store::{self, analytics::Finished};
@@ -39,7 +39,7 @@ impl Analytics {
 
 /// What `update` adds to the figures, if it is a final one.
 pub fn finished(update: &OrderUpdated) -> Option<Finished> {
-    if update.phase != "done" || !update.status.is_final() {
+    if update.phase != Phase::Done || !update.status.is_final() {
         return None;
     }
     let (tokens, revenue) = if update.status == OrderStatus::Success {

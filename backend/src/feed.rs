@@ -99,7 +99,7 @@ impl OrderEvent {
             username: update.terms.username.as_str().to_string(),
             product: update.terms.product.as_str().to_string(),
             status: update.status.as_str().to_string(),
-            phase: update.phase.clone(),
+            phase: update.phase.to_string(),
             version: update.version,
             updated_at_ms: update.updated_at_ms,
             steps: update

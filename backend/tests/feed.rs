@@ -16,7 +16,7 @@ use backend::Projection;
 use common::{
     bus::{BatchHandler, Incoming},
     domain::{OrderId, OrderStatus, OrderTerms},
-    messages::{Event, Events, OrderUpdated, Step, TimelineEntry},
+    messages::{Event, Events, OrderUpdated, Phase, Step, TimelineEntry, TimelineEvent},
 };
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -127,11 +127,10 @@ fn update(
         terms: t.clone(),
         status,
         phase: if status == OrderStatus::Processing {
-            "running"
+            Phase::Running
         } else {
-            "done"
-        }
-        .into(),
+            Phase::Done
+        },
         created: entries >= 2,
         version,
         placed_at_ms: 1_700_000_000_000,
@@ -141,7 +140,7 @@ fn update(
                 seq: i + 1,
                 at_ms: 1_700_000_000_000 + i,
                 step: steps[i as usize].0,
-                event: steps[i as usize].1.into(),
+                event: TimelineEvent::parse(steps[i as usize].1).expect("an event"),
                 detail: None,
                 span_id: None,
             })

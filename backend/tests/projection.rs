@@ -8,7 +8,7 @@ use backend::Projection;
 use common::{
     bus::{BatchHandler, HandlerError, Incoming},
     domain::{OrderId, OrderStatus},
-    messages::{Event, Step, TimelineEntry},
+    messages::{Event, Step, TimelineEntry, TimelineEvent},
 };
 use serde_json::json;
 use support::{order_updated, spawn_app, spawn_app_with, terms};
@@ -184,7 +184,7 @@ async fn the_timeline_is_served_with_step_names_and_rfc3339_times() {
         seq: 4,
         at_ms: 1_700_000_000_003,
         step: Step::ChargePayment,
-        event: "refused".into(),
+        event: TimelineEvent::Refused,
         detail: Some("insufficient_funds".into()),
         span_id: None,
     };

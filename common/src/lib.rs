@@ -1,17 +1,17 @@
-//! Shared by every service: the message contracts, the domain values they carry, and the
-//! runtime around them (bus, storage, outbox/inbox, configuration, telemetry).
+//! The runtime every service shares: bus, storage, outbox/inbox, configuration, telemetry,
+//! HTTP. The contracts (domain values, messages, topology, catalog) live in the `contracts`
+//! crate, which has no I/O; they are re-exported here under their old paths.
+
+pub use contracts::{catalog, domain, messages, topology};
 
 pub mod backoff;
 pub mod bus;
-pub mod catalog;
 pub mod config;
 pub mod db;
-pub mod domain;
 pub mod health;
 pub mod http_error;
 pub mod http_server;
 pub mod inbox;
-pub mod messages;
 pub mod metrics;
 pub mod operator;
 pub mod outbox;
@@ -24,5 +24,4 @@ pub mod strict_json;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
-pub mod topology;
 pub mod worker;

@@ -206,8 +206,6 @@ impl fmt::Display for Username {
 pub struct Credits(i64);
 
 impl Credits {
-    pub const ZERO: Credits = Credits(0);
-
     pub fn new(value: i64) -> Result<Self, InvalidValue> {
         if value < 0 {
             return Err(InvalidValue::new("price", "must not be negative"));

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{OrderId, OrderStatus, OrderTerms, Product, Quantity, Username};
 
+mod timeline;
+pub use timeline::{Phase, TimelineEntry, TimelineEvent};
+
 /// Every step of the purchase saga: five forward steps and four compensations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,10 +124,6 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub fn any(&self) -> bool {
-        *self != Faults::default()
-    }
-
     /// The fault to inject into one step, if any. Kill wins over a stall on the same step.
     pub fn for_step(&self, step: Step) -> Option<Fault> {
         let (kill, stall) = match step {
@@ -234,25 +233,6 @@ pub struct Restock {
     pub requested_at_ms: i64,
 }
 
-/// One line of an order's timeline: what happened to which step, and when.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TimelineEntry {
-    /// Position in the saga's history, from 1.
-    pub seq: i64,
-    pub at_ms: i64,
-    pub step: Step,
-    /// `sent` (detail `attempt N` on a retry), `done`, `refused`, `failed`, `skipped`,
-    /// `timed_out`, `dead_lettered`, or `ignored` (a late or duplicate reply).
-    pub event: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The span of this entry in the order's trace (16 hex digits): the step attempt's span
-    /// for `sent` and its outcome, else the span of the work that recorded it. Absent when
-    /// tracing is off, and from entries recorded before tracing existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub span_id: Option<String>,
-}
-
 /// The saga's state after a transition, as the read models see it. Carries the whole
 /// timeline, so a projection only keeps the highest `version` and needs no ordering.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,8 +240,7 @@ pub struct OrderUpdated {
     pub order_id: OrderId,
     pub terms: OrderTerms,
     pub status: OrderStatus,
-    /// `running`, `compensating` or `done`.
-    pub phase: String,
+    pub phase: Phase,
     /// True once `order.create` succeeded: only such orders are listed by
     /// `/api/all-transaction` (the compatibility contract).
     pub created: bool,

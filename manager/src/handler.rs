@@ -20,7 +20,9 @@ use common::{
     db::{Db, Tx},
     domain::OrderId,
     inbox,
-    messages::{DeadLettered, Event, Events, ManagerMessage, OrderUpdated, PlaceOrder},
+    messages::{
+        DeadLettered, Event, Events, ManagerMessage, OrderUpdated, PlaceOrder, TimelineEvent,
+    },
     outbox::{self, Pending},
     room::Room,
     time::now_ms,
@@ -418,7 +420,7 @@ impl Manager {
         // that timed out or was dead-lettered says nothing of queues (a stalled or broken
         // worker does that alone); only answers do.
         for (entry, latency_ms) in crate::metrics::step_latencies(d.before, t) {
-            if matches!(entry.event.as_str(), "done" | "refused" | "failed") {
+            if entry.event.is_answer() {
                 self.room
                     .observe(latency_ms, self.timing.step_timeout_ms, entry.at_ms);
             }
@@ -503,7 +505,7 @@ fn events_message(decided: &[Decided], cx: &Context) -> Result<Pending, HandlerE
                 order_id: s.order_id,
                 terms: s.terms.clone(),
                 status: s.status(),
-                phase: s.phase().to_string(),
+                phase: s.phase(),
                 created: s.created,
                 version: s.version,
                 placed_at_ms: s.placed_at_ms,
@@ -632,7 +634,7 @@ fn annotate(t: &mut Transition, old_len: usize, cx: &Context) -> Vec<Closed> {
         }
     };
     for entry in t.saga.timeline.iter_mut().skip(old_len) {
-        if entry.event == "sent" {
+        if entry.event == TimelineEvent::Sent {
             if let Some(open) = trace.open.take() {
                 closed.push(close(open, entry.at_ms, "resent", None));
             }
@@ -644,7 +646,7 @@ fn annotate(t: &mut Transition, old_len: usize, cx: &Context) -> Vec<Closed> {
                 sent_at_ms: entry.at_ms,
                 detail: entry.detail.clone(),
             });
-        } else if entry.event != "ignored"
+        } else if entry.event != TimelineEvent::Ignored
             && trace.open.as_ref().is_some_and(|o| o.step == entry.step)
         {
             let open = trace.open.take().expect("checked above");
@@ -652,7 +654,7 @@ fn annotate(t: &mut Transition, old_len: usize, cx: &Context) -> Vec<Closed> {
             closed.push(close(
                 open,
                 entry.at_ms,
-                &entry.event,
+                entry.event.as_str(),
                 entry.detail.as_deref(),
             ));
         } else {

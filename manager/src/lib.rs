@@ -3,7 +3,8 @@
 
 mod handler;
 mod metrics;
-pub mod saga;
+/// The pure decision logic, in its own crate (it builds and tests without the runtime).
+pub use saga;
 mod store;
 mod timers;
 

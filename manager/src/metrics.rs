@@ -4,7 +4,7 @@
 
 use common::metrics::Metrics;
 
-use common::messages::TimelineEntry;
+use common::messages::{TimelineEntry, TimelineEvent};
 
 use crate::saga::Transition;
 
@@ -25,12 +25,12 @@ pub fn step_latencies(
         .iter()
         .enumerate()
         .skip(before)
-        .filter(|(_, e)| !matches!(e.event.as_str(), "sent" | "ignored"))
+        .filter(|(_, e)| !matches!(e.event, TimelineEvent::Sent | TimelineEvent::Ignored))
         .filter_map(move |(at, entry)| {
             timeline[..at]
                 .iter()
                 .rev()
-                .find(|e| e.step == entry.step && e.event == "sent")
+                .find(|e| e.step == entry.step && e.event == TimelineEvent::Sent)
                 .map(|sent| (entry, entry.at_ms - sent.at_ms))
         })
 }
@@ -38,7 +38,7 @@ pub fn step_latencies(
 pub fn record(metrics: &Metrics, before: usize, t: &Transition) {
     let saga = &t.saga;
     for entry in &saga.timeline[before.min(saga.timeline.len())..] {
-        if entry.event == "sent" && entry.step.is_compensation() {
+        if entry.event == TimelineEvent::Sent && entry.step.is_compensation() {
             // A retry carries "attempt N" as its detail; the first attempt none.
             let counter = if entry.detail.is_none() {
                 &metrics.compensations

@@ -40,7 +40,7 @@ fn settled(w: &mut Window, id: &str, status: &str, at: i64) {
             status: status.into(),
             phase: "done".into(),
             updated_at_ms: at,
-            timeline: vec![("order.create".into(), "done".into())],
+            timeline: vec![("order.create".into(), Some(TimelineEvent::Done))],
         },
     );
     w.order_records.insert(id.into(), (status.into(), true));
@@ -328,7 +328,7 @@ fn a_step_answered_twice_is_found() {
         .get_mut("o1")
         .unwrap()
         .timeline
-        .push(("order.create".into(), "done".into()));
+        .push(("order.create".into(), Some(TimelineEvent::Done)));
     let r = audit(&w);
     assert_eq!(only_violated(&r), vec![4]);
     assert_eq!(violations(&r, 4)[0].1, vec!["o1".to_string()]);
@@ -361,7 +361,7 @@ fn a_dead_lettered_step_must_be_in_the_store() {
         .get_mut("o2")
         .unwrap()
         .timeline
-        .push(("payment.charge".into(), "dead_lettered".into()));
+        .push(("payment.charge".into(), Some(TimelineEvent::DeadLettered)));
     assert_eq!(only_violated(&audit(&w)), vec![5]);
     w.orders.dead_lettered_orders.insert("o2".into());
     assert!(audit(&w).ok);
@@ -385,7 +385,7 @@ fn a_troubled_world() -> World {
         .get_mut("o09")
         .unwrap()
         .timeline
-        .push(("payment.charge".into(), "dead_lettered".into())); // 5
+        .push(("payment.charge".into(), Some(TimelineEvent::DeadLettered))); // 5
     o.dead_lettered_orders.insert("o10".into()); // fine: a dead letter for a good order
     o.payments.insert("o99".into(), "CHARGED".into()); // a row of an order nobody else has
     w.accounts[0].held = Some(470); // 2: alice's books

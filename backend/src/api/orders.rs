@@ -207,7 +207,7 @@ impl From<&TimelineEntry> for TimelineItem {
             seq: e.seq,
             at: rfc3339(e.at_ms),
             step: e.step.name().to_string(),
-            event: e.event.clone(),
+            event: e.event.to_string(),
             detail: e.detail.clone(),
             span_id: e.span_id.clone(),
         }

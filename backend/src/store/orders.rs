@@ -244,7 +244,7 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
     .bind(update.terms.price.get())
     .bind(update.terms.amount.get())
     .bind(update.status.as_str())
-    .bind(update.phase.clone())
+    .bind(update.phase.as_str())
     .bind(i64::from(update.created))
     .bind(update.version)
     .bind(update.placed_at_ms)

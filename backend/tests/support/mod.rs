@@ -16,7 +16,7 @@ use common::{
     config::Config,
     db::Db,
     domain::{Credits, OrderId, OrderStatus, OrderTerms, Quantity, Username},
-    messages::{Event, OrderUpdated, Step, TimelineEntry},
+    messages::{Event, OrderUpdated, Phase, Step, TimelineEntry, TimelineEvent},
     shutdown::Shutdown,
 };
 use http_body_util::BodyExt;
@@ -229,7 +229,7 @@ pub fn order_updated(
             seq: i as i64 + 1,
             at_ms: 1_700_000_000_000 + i as i64,
             step: *step,
-            event: event.to_string(),
+            event: TimelineEvent::parse(event).expect("an event"),
             detail: None,
             span_id: None,
         })
@@ -238,7 +238,7 @@ pub fn order_updated(
         order_id: id,
         terms: terms.clone(),
         status,
-        phase: phase.to_string(),
+        phase: Phase::parse(phase).expect("a phase"),
         created,
         version,
         placed_at_ms: 1_700_000_000_000,

@@ -1,0 +1,9 @@
+//! What the services agree on, and nothing that does I/O: the domain's types, the messages
+//! they exchange, the broker's topology (queues, routing keys) and the catalog. The pure
+//! saga ([`saga`](../saga/index.html)) and every service build on it; the runtime (`common`)
+//! re-exports it.
+
+pub mod catalog;
+pub mod domain;
+pub mod messages;
+pub mod topology;
