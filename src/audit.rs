@@ -42,6 +42,7 @@ use common::{
     domain::OrderStatus,
     http_error::{ApiError, ErrorBody},
     messages::TimelineEvent,
+    rows::{DeliveryStatus, PaymentStatus, ReservationStatus},
     time::now_ms,
 };
 use futures::TryStreamExt;
@@ -414,7 +415,7 @@ fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
         let Some(saga) = settled(order_id) else {
             continue;
         };
-        let success = saga.status == "SUCCESS";
+        let success = saga.status == OrderStatus::Success.as_str();
         if let Some((status, created)) = w.order_records.get(order_id)
             && *created
             && status != &saga.status
@@ -429,7 +430,7 @@ fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
             );
         }
         match w.payments.get(order_id) {
-            Some(status) if (status == "CHARGED") != success => add(
+            Some(status) if (status == PaymentStatus::Charged.as_str()) != success => add(
                 2,
                 format!("payment is {status} but the order ended {}", saga.status),
                 vec![order_id.clone()],
@@ -442,7 +443,7 @@ fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
             _ => {}
         }
         match w.reservations.get(order_id) {
-            Some(status) if (status == "RESERVED") != success => add(
+            Some(status) if (status == ReservationStatus::Reserved.as_str()) != success => add(
                 3,
                 format!(
                     "reservation is {status} but the order ended {}",
@@ -458,7 +459,7 @@ fn check_window(w: &Window, now: i64, grace_ms: i64) -> Findings {
             _ => {}
         }
         match w.deliveries.get(order_id) {
-            Some(status) if (status == "SCHEDULED") != success => add(
+            Some(status) if (status == DeliveryStatus::Scheduled.as_str()) != success => add(
                 4,
                 format!("delivery is {status} but the order ended {}", saga.status),
                 vec![order_id.clone()],

@@ -6,4 +6,5 @@
 pub mod catalog;
 pub mod domain;
 pub mod messages;
+pub mod rows;
 pub mod topology;

@@ -2,6 +2,7 @@
 //! order's product off its stock (atomically, never below zero), `inventory.release` puts
 //! it back or leaves a tombstone; operators' restocks arrive on a queue of their own.
 
+mod logic;
 mod restock;
 mod store;
 
@@ -18,8 +19,9 @@ use common::{
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+pub use logic::Inventory;
 pub use restock::Restocks;
-pub use store::{Inventory, stock_products};
+pub use store::stock_products;
 
 /// Restocks are rare: a small batch is plenty.
 const RESTOCK_BATCH: u16 = 16;

@@ -12,7 +12,7 @@ use common::{
 };
 use sqlx::Row;
 
-use crate::store;
+use crate::{logic, store::Stock};
 
 /// Applies [`Restock`] messages from [`common::topology::RESTOCK_QUEUE`].
 pub struct Restocks {
@@ -81,10 +81,12 @@ async fn apply(
             restock.product
         ))
     })?;
-    events.push(store::stock(
+    events.push(logic::stock(
         &restock.product,
-        row.try_get("stock")?,
-        row.try_get("version")?,
+        Stock {
+            stock: row.try_get("stock")?,
+            version: row.try_get("version")?,
+        },
     ));
     Ok(())
 }

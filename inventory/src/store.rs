@@ -1,38 +1,18 @@
-//! Reservations and releases: the only SQL of the inventory worker. Same claim-first
-//! pattern as payment (see payment/src/store.rs): the first writer of an order's
-//! reservation row decides, and a release before its reserve leaves a tombstone.
+//! The inventory worker's SQL: stock per product (`products`) and one row per order
+//! (`reservations`).
 
 use anyhow::Context;
 use common::{
-    bus::HandlerError,
     catalog::Catalog,
     db::{Db, Tx},
     domain::Product,
-    messages::{Event, Refusal, Step, StepCommand, StepResult, StockChanged, Worker},
+    messages::{Event, StepCommand, StockChanged},
     outbox,
+    rows::ReservationStatus,
     time::now_ms,
-    worker::{self, StepLogic},
+    worker,
 };
 use sqlx::Row;
-
-pub struct Inventory;
-
-impl StepLogic for Inventory {
-    const WORKER: Worker = Worker::Inventory;
-
-    async fn apply(
-        &self,
-        tx: &mut Tx,
-        cmd: &StepCommand,
-        events: &mut Vec<Event>,
-    ) -> Result<StepResult, HandlerError> {
-        match cmd.step {
-            Step::ReserveStock => reserve(tx, cmd, events).await,
-            Step::ReleaseStock => release(tx, cmd, events).await,
-            other => unreachable!("StepHandler routes only inventory steps, got {other:?}"),
-        }
-    }
-}
 
 /// Creates each product of `catalog` that does not exist with its opening stock, and
 /// announces the stock of every product (every start: the read models may be new).
@@ -78,123 +58,115 @@ pub async fn stock_products(db: &Db, catalog: &Catalog) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn reserve(
+/// A product's stock after a change, and the change's version.
+pub(crate) struct Stock {
+    pub(crate) stock: i64,
+    pub(crate) version: i64,
+}
+
+fn stock(row: &sqlx::any::AnyRow) -> Result<Stock, sqlx::Error> {
+    Ok(Stock {
+        stock: row.try_get("stock")?,
+        version: row.try_get("version")?,
+    })
+}
+
+/// Takes `amount` off the product's stock, never below zero: None when it is too small.
+pub(crate) async fn take(
     tx: &mut Tx,
-    cmd: &StepCommand,
-    events: &mut Vec<Event>,
-) -> Result<StepResult, HandlerError> {
-    let order_id = cmd.order_id.to_string();
-    let (product, amount) = (&cmd.terms.product, cmd.terms.amount.get());
-    if !claim(tx, &order_id, product, amount, "RESERVED").await? {
-        return Ok(earlier_answer(tx, &order_id).await?);
-    }
-    let taken = sqlx::query(
+    product: &Product,
+    amount: i64,
+) -> Result<Option<Stock>, sqlx::Error> {
+    sqlx::query(
         "UPDATE products SET stock = stock - $1, version = version + 1 \
          WHERE product = $2 AND stock >= $1 RETURNING stock, version",
     )
     .bind(amount)
     .bind(product.as_str())
     .fetch_optional(&mut **tx)
-    .await?;
-    match taken {
-        Some(row) => {
-            events.push(stock(
-                product,
-                row.try_get("stock")?,
-                row.try_get("version")?,
-            ));
-            Ok(StepResult::Done)
-        }
-        None => {
-            sqlx::query("UPDATE reservations SET status = 'REFUSED', updated_at_ms = $2 WHERE order_id = $1")
-                .bind(&order_id)
-                .bind(now_ms())
-                .execute(&mut **tx)
-                .await?;
-            Ok(StepResult::Refused {
-                reason: Refusal::InsufficientStock,
-            })
-        }
-    }
+    .await?
+    .map(|row| stock(&row))
+    .transpose()
 }
 
-async fn release(
+/// Puts `amount` back on the product's stock.
+pub(crate) async fn put_back(
     tx: &mut Tx,
-    cmd: &StepCommand,
-    events: &mut Vec<Event>,
-) -> Result<StepResult, HandlerError> {
-    let order_id = cmd.order_id.to_string();
-    let product = &cmd.terms.product;
-    if claim(tx, &order_id, product, cmd.terms.amount.get(), "CANCELLED").await? {
-        return Ok(StepResult::Done); // tombstone
-    }
-    let released = sqlx::query(
-        "UPDATE reservations SET status = 'RELEASED', updated_at_ms = $2 \
-         WHERE order_id = $1 AND status = 'RESERVED' RETURNING amount",
-    )
-    .bind(&order_id)
-    .bind(now_ms())
-    .fetch_optional(&mut **tx)
-    .await?;
-    if let Some(row) = released {
-        let amount: i64 = row.try_get("amount")?;
-        let stock = sqlx::query(
-            "UPDATE products SET stock = stock + $1, version = version + 1 WHERE product = $2 RETURNING stock, version",
-        )
-        .bind(amount)
-        .bind(product.as_str())
-        .fetch_one(&mut **tx)
-        .await?;
-        events.push(self::stock(
-            product,
-            stock.try_get("stock")?,
-            stock.try_get("version")?,
-        ));
-    }
-    Ok(StepResult::Done)
-}
-
-async fn claim(
-    tx: &mut Tx,
-    order_id: &str,
     product: &Product,
     amount: i64,
-    status: &str,
+) -> Result<Stock, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE products SET stock = stock + $1, version = version + 1 WHERE product = $2 RETURNING stock, version",
+    )
+    .bind(amount)
+    .bind(product.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    stock(&row)
+}
+
+/// Inserts the order's reservation row with `status`; false when one existed.
+pub(crate) async fn claim(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+    status: ReservationStatus,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO reservations (order_id, product, amount, status, updated_at_ms) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (order_id) DO NOTHING",
     )
-    .bind(order_id)
-    .bind(product.as_str())
-    .bind(amount)
-    .bind(status)
+    .bind(cmd.order_id.to_string())
+    .bind(cmd.terms.product.as_str())
+    .bind(cmd.terms.amount.get())
+    .bind(status.as_str())
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
-async fn earlier_answer(tx: &mut Tx, order_id: &str) -> Result<StepResult, sqlx::Error> {
-    let status: String = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(order_id)
+pub(crate) async fn set_status(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+    status: ReservationStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE reservations SET status = $2, updated_at_ms = $3 WHERE order_id = $1")
+        .bind(cmd.order_id.to_string())
+        .bind(status.as_str())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// RESERVED becomes RELEASED: the amount to put back, or None when nothing was reserved.
+pub(crate) async fn mark_released(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query(
+        "UPDATE reservations SET status = $2, updated_at_ms = $3 \
+         WHERE order_id = $1 AND status = $4 RETURNING amount",
+    )
+    .bind(cmd.order_id.to_string())
+    .bind(ReservationStatus::Released.as_str())
+    .bind(now_ms())
+    .bind(ReservationStatus::Reserved.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|row| row.try_get("amount"))
+    .transpose()
+}
+
+/// The order's reservation status (its row exists: claimed before).
+pub(crate) async fn status(
+    tx: &mut Tx,
+    cmd: &StepCommand,
+) -> Result<Option<ReservationStatus>, sqlx::Error> {
+    let text: String = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(cmd.order_id.to_string())
         .fetch_one(&mut **tx)
         .await?
         .try_get("status")?;
-    Ok(match status.as_str() {
-        "RESERVED" => StepResult::Done,
-        "REFUSED" => StepResult::Refused {
-            reason: Refusal::InsufficientStock,
-        },
-        _ => StepResult::Skipped,
-    })
-}
-
-/// The event announcing a product's stock.
-pub(crate) fn stock(product: &Product, stock: i64, version: i64) -> Event {
-    Event::StockChanged(StockChanged {
-        product: product.to_string(),
-        stock,
-        version,
-    })
+    Ok(ReservationStatus::parse(&text))
 }

@@ -1,13 +1,14 @@
 //! The payment worker: users' credits. `payment.charge` debits price × amount (atomically,
 //! never below zero), `payment.refund` gives it back or leaves a tombstone.
 
+mod logic;
 mod store;
 
 use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-pub use store::Payments;
+pub use logic::Payments;
 
 /// Opens the payment database and starts consuming payment commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
