@@ -114,6 +114,9 @@ run_step "start PostgreSQL if down" ensure_postgres || services_ok=0
 built=0
 run_step "cargo build --release" cargo_build && built=1 || true
 run_step "cargo test --workspace" cargo test --workspace --no-fail-fast || true
+# The house rules: rustfmt, and clippy with the workspace's lints ([workspace.lints]).
+run_step "cargo fmt --check" cargo fmt --all --check || true
+run_step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings || true
 
 venv_ok=0
 run_step "python venv (.venv)" setup_venv && venv_ok=1 || true

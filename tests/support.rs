@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// Every service as a target of its own, in the order the split tests start them: the
 /// workers first, the backend last.
-pub const SPLIT_TARGETS: [&str; 7] = [
+pub(crate) const SPLIT_TARGETS: [&str; 7] = [
     "order",
     "payment",
     "inventory",
@@ -21,24 +21,24 @@ pub const SPLIT_TARGETS: [&str; 7] = [
 ];
 
 /// A RabbitMQ vhost that exists for the life of the value.
-pub struct Vhost {
+pub(crate) struct Vhost {
     pub name: String,
 }
 
 impl Vhost {
-    pub fn create() -> Vhost {
+    pub(crate) fn create() -> Vhost {
         Self::create_named(&format!("test-{}", uuid::Uuid::new_v4().simple()))
     }
 
     /// Creates the vhost `name` (which must not exist) for the life of the value.
-    pub fn create_named(name: &str) -> Vhost {
+    pub(crate) fn create_named(name: &str) -> Vhost {
         let name = name.to_string();
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         Vhost { name }
     }
 
-    pub fn amqp_url(&self) -> String {
+    pub(crate) fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
     }
 }
@@ -52,12 +52,12 @@ impl Drop for Vhost {
 }
 
 /// A plain AMQP connection to `vhost`, for tests that publish or consume on their own.
-pub async fn amqp_connection(vhost: &Vhost) -> lapin::Connection {
+pub(crate) async fn amqp_connection(vhost: &Vhost) -> lapin::Connection {
     amqp_connection_to(&vhost.amqp_url()).await
 }
 
 /// A plain AMQP connection to `url`.
-pub async fn amqp_connection_to(url: &str) -> lapin::Connection {
+pub(crate) async fn amqp_connection_to(url: &str) -> lapin::Connection {
     lapin::Connection::connect_with_runtime(
         url,
         lapin::ConnectionProperties::default(),
@@ -68,7 +68,7 @@ pub async fn amqp_connection_to(url: &str) -> lapin::Connection {
 }
 
 /// A connection to `vhost` and a channel on it with publisher confirms.
-pub async fn confirming_channel(vhost: &Vhost) -> (lapin::Connection, lapin::Channel) {
+pub(crate) async fn confirming_channel(vhost: &Vhost) -> (lapin::Connection, lapin::Channel) {
     let conn = amqp_connection(vhost).await;
     let channel = conn.create_channel().await.unwrap();
     channel
@@ -80,7 +80,7 @@ pub async fn confirming_channel(vhost: &Vhost) -> (lapin::Connection, lapin::Cha
 
 /// Publishes `body` persistently (with `message_id` and `correlation_id` when given) on a
 /// channel with publisher confirms, and waits for the broker's confirm.
-pub async fn publish_confirmed(
+pub(crate) async fn publish_confirmed(
     channel: &lapin::Channel,
     exchange: &str,
     routing_key: &str,
@@ -110,7 +110,7 @@ pub async fn publish_confirmed(
 }
 
 /// Runs `rabbitmqctl` and panics with its error output if it fails.
-pub fn rabbitmqctl_ok(args: &[&str]) {
+pub(crate) fn rabbitmqctl_ok(args: &[&str]) {
     rabbitmqctl(args)
 }
 
@@ -127,26 +127,26 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 /// A PostgreSQL database that exists for the life of the value.
-pub struct PgDatabase {
+pub(crate) struct PgDatabase {
     pub name: String,
 }
 
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 impl PgDatabase {
-    pub fn create() -> PgDatabase {
+    pub(crate) fn create() -> PgDatabase {
         Self::create_named(&format!("test_{}", uuid::Uuid::new_v4().simple()))
     }
 
     /// Creates the database `name` (which must not exist) for the life of the value.
-    pub fn create_named(name: &str) -> PgDatabase {
+    pub(crate) fn create_named(name: &str) -> PgDatabase {
         psql(&format!("CREATE DATABASE {name}"));
         PgDatabase {
             name: name.to_string(),
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 }
@@ -176,7 +176,7 @@ fn psql(sql: &str) {
 }
 
 /// Environment for a test marketplace; `extra` overrides.
-pub fn environment(
+pub(crate) fn environment(
     vhost: &Vhost,
     data_dir: &std::path::Path,
     extra: &[(&str, String)],
@@ -198,7 +198,7 @@ pub fn environment(
 }
 
 /// The whole marketplace (`all`) running inside the test process.
-pub struct InProcess {
+pub(crate) struct InProcess {
     pub base_url: String,
     pub shutdown: Shutdown,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -207,13 +207,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub async fn start(extra: &[(&str, String)]) -> InProcess {
+    pub(crate) async fn start(extra: &[(&str, String)]) -> InProcess {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::start_on(listener, extra).await
     }
 
     /// [`InProcess::start`] on `listener`; `base_url` is its port on 127.0.0.1.
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         listener: tokio::net::TcpListener,
         extra: &[(&str, String)],
     ) -> InProcess {
@@ -221,7 +221,7 @@ impl InProcess {
     }
 
     /// [`InProcess::start_on`] on `vhost` (whose URL `extra` may override, e.g. with TLS).
-    pub async fn start_with(
+    pub(crate) async fn start_with(
         listener: tokio::net::TcpListener,
         vhost: Vhost,
         extra: &[(&str, String)],
@@ -251,7 +251,7 @@ impl InProcess {
     }
 
     /// Shuts down as SIGTERM would and returns the drain's result.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await.expect("marketplace task")
     }
@@ -261,7 +261,7 @@ impl InProcess {
 /// certificates: with rustls and the system's roots (the TLS work), every client built
 /// would parse the whole system store, and a test building one per request spent its
 /// cores on that instead of on the marketplace.
-pub fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .tls_built_in_root_certs(false)
@@ -270,7 +270,7 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Waits for `/readyz` and for the inventory read model to be populated.
-pub async fn wait_until_ready(base_url: &str) {
+pub(crate) async fn wait_until_ready(base_url: &str) {
     let c = client();
     for _ in 0..300 {
         let ready = c
@@ -292,7 +292,7 @@ pub async fn wait_until_ready(base_url: &str) {
     panic!("marketplace at {base_url} never became ready");
 }
 
-pub async fn purchase(base_url: &str, body: Value) -> String {
+pub(crate) async fn purchase(base_url: &str, body: Value) -> String {
     let r = client()
         .post(format!("{base_url}/api/purchase/"))
         .json(&body)
@@ -305,7 +305,7 @@ pub async fn purchase(base_url: &str, body: Value) -> String {
 }
 
 /// `GET {base_url}{path}`, its body as JSON.
-pub async fn get_json(base_url: &str, path: &str) -> Value {
+pub(crate) async fn get_json(base_url: &str, path: &str) -> Value {
     client()
         .get(format!("{base_url}{path}"))
         .send()
@@ -317,12 +317,12 @@ pub async fn get_json(base_url: &str, path: &str) -> Value {
 }
 
 /// The order as `GET /api/orders/{id}` shows it now.
-pub async fn get_order(base_url: &str, order_id: &str) -> Value {
+pub(crate) async fn get_order(base_url: &str, order_id: &str) -> Value {
     get_json(base_url, &format!("/api/orders/{order_id}")).await
 }
 
 /// Polls the order until its status is final; panics after `bound`.
-pub async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Value {
+pub(crate) async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Value {
     let c = client();
     let started = tokio::time::Instant::now();
     loop {
@@ -346,7 +346,7 @@ pub async fn final_order(base_url: &str, order_id: &str, bound: Duration) -> Val
 }
 
 /// The user's credits, or None for a user the payment worker has not seen (yet).
-pub async fn credits(base_url: &str, username: &str) -> Option<i64> {
+pub(crate) async fn credits(base_url: &str, username: &str) -> Option<i64> {
     let r = client()
         .get(format!("{base_url}/api/users/{username}"))
         .send()
@@ -363,13 +363,13 @@ pub async fn credits(base_url: &str, username: &str) -> Option<i64> {
     )
 }
 
-pub async fn stock(base_url: &str) -> i64 {
+pub(crate) async fn stock(base_url: &str) -> i64 {
     let v = get_json(base_url, "/api/inventory").await;
     v[0]["stock"].as_i64().expect("stock")
 }
 
 /// One purchase and what must come of it.
-pub struct Scenario {
+pub(crate) struct Scenario {
     pub flag: Option<&'static str>,
     pub price: i64,
     pub amount: i64,
@@ -378,7 +378,7 @@ pub struct Scenario {
     pub compensations: &'static [&'static str],
 }
 
-pub const SCENARIOS: &[Scenario] = &[
+pub(crate) const SCENARIOS: &[Scenario] = &[
     Scenario {
         flag: None,
         price: 10,
@@ -453,7 +453,7 @@ pub const SCENARIOS: &[Scenario] = &[
 
 /// Runs every scenario concurrently, each with a user of its own, and checks statuses,
 /// compensations, credits and the stock.
-pub async fn run_scenarios(base_url: &str) {
+pub(crate) async fn run_scenarios(base_url: &str) {
     let stock_before = stock(base_url).await;
     let runs = SCENARIOS.iter().map(|s| async move {
         let user = format!(
@@ -543,7 +543,7 @@ pub async fn run_scenarios(base_url: &str) {
 }
 
 /// Waits (up to 10 s) until `/readyz` at `url` answers 200: `what` names it in the panic.
-pub async fn wait_for_readyz(url: &str, what: &str) {
+pub(crate) async fn wait_for_readyz(url: &str, what: &str) {
     let ready = || async {
         client()
             .get(format!("{url}/readyz"))
@@ -555,7 +555,7 @@ pub async fn wait_for_readyz(url: &str, what: &str) {
 }
 
 /// Polls `check` for up to 10 s: read models follow the workers by a few milliseconds.
-pub async fn wait_for<F, Fut>(check: F, what: &str)
+pub(crate) async fn wait_for<F, Fut>(check: F, what: &str)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -570,7 +570,7 @@ where
 }
 
 /// A child process that is killed if the test ends before stopping it.
-pub struct Process(pub std::process::Child);
+pub(crate) struct Process(pub std::process::Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -579,7 +579,7 @@ impl Drop for Process {
     }
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -588,13 +588,13 @@ pub fn free_port() -> u16 {
 }
 
 /// Targets as separate processes of the release-profile binary under test.
-pub struct Split {
+pub(crate) struct Split {
     pub backend_url: String,
     processes: Vec<(String, Process)>,
 }
 
 impl Split {
-    pub async fn start(
+    pub(crate) async fn start(
         vhost: &Vhost,
         data_dir: &std::path::Path,
         targets: &[&str],
@@ -631,7 +631,7 @@ impl Split {
     }
 
     /// SIGTERM to every process; each must exit 0 within 15 s.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for (target, mut p) in self.processes {
             let pid = p.0.id().to_string();
             Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -250,13 +250,17 @@ impl Drop for ClientSlot {
 /// The tailer: publishes the rows above the last it published, in seq order, when woken or
 /// every [`POLL`]; prunes every [`PRUNE_EVERY`]. Starts after the newest row (a client
 /// wanting older ones replays them from the table). Ends when the feed's last handle is
-/// dropped.
+/// dropped or the database is closed.
 async fn tail(feed: Weak<Inner>, wake: Arc<Notify>) {
     let mut last: Option<i64> = None;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut next_prune = tokio::time::Instant::now() + PRUNE_EVERY / 6;
     loop {
         let Some(inner) = feed.upgrade() else { return };
+        // The service drained and closed its database: nothing more will be written.
+        if inner.db.pool().is_closed() {
+            return;
+        }
         match publish_new(&inner, &mut last).await {
             Ok(()) => backoff.reset(),
             Err(e) => {

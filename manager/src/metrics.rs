@@ -16,7 +16,7 @@ use crate::saga::Transition;
 /// refused, failed, timed out, dead-lettered), each with the time since its command was
 /// sent. A late reply (`ignored`) answers a command the saga stopped waiting for: it is not
 /// a step's latency.
-pub fn step_latencies(
+pub(crate) fn step_latencies(
     before: usize,
     t: &Transition,
 ) -> impl Iterator<Item = (&TimelineEntry, i64)> + '_ {
@@ -35,7 +35,7 @@ pub fn step_latencies(
         })
 }
 
-pub fn record(metrics: &Metrics, before: usize, t: &Transition) {
+pub(crate) fn record(metrics: &Metrics, before: usize, t: &Transition) {
     let saga = &t.saga;
     for entry in &saga.timeline[before.min(saga.timeline.len())..] {
         if entry.event == TimelineEvent::Sent && entry.step.is_compensation() {

@@ -6,7 +6,7 @@ use sqlx::Row;
 use crate::saga::Saga;
 
 /// Loads a saga inside `tx`.
-pub async fn load(tx: &mut Tx, order_id: OrderId) -> anyhow::Result<Option<Saga>> {
+pub(crate) async fn load(tx: &mut Tx, order_id: OrderId) -> anyhow::Result<Option<Saga>> {
     let row = sqlx::query("SELECT state FROM sagas WHERE order_id = $1")
         .bind(order_id.to_string())
         .fetch_optional(&mut **tx)
@@ -21,7 +21,7 @@ pub async fn load(tx: &mut Tx, order_id: OrderId) -> anyhow::Result<Option<Saga>
 }
 
 /// Loads the sagas of `order_ids` inside `tx`, in one statement.
-pub async fn load_many(
+pub(crate) async fn load_many(
     tx: &mut Tx,
     order_ids: &[OrderId],
 ) -> anyhow::Result<std::collections::HashMap<OrderId, Saga>> {
@@ -47,7 +47,7 @@ pub async fn load_many(
 }
 
 /// Inserts a new saga; false if one with this id exists already.
-pub async fn insert(tx: &mut Tx, saga: &Saga) -> anyhow::Result<bool> {
+pub(crate) async fn insert(tx: &mut Tx, saga: &Saga) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "INSERT INTO sagas (order_id, state, status, phase, deadline_ms, version, updated_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
@@ -66,7 +66,11 @@ pub async fn insert(tx: &mut Tx, saga: &Saga) -> anyhow::Result<bool> {
 
 /// Replaces the saga if it is still at `expected_version`; false when someone else moved
 /// it first (the caller retries with the fresh state).
-pub async fn update(tx: &mut Tx, saga: &Saga, expected_version: i64) -> anyhow::Result<bool> {
+pub(crate) async fn update(
+    tx: &mut Tx,
+    saga: &Saga,
+    expected_version: i64,
+) -> anyhow::Result<bool> {
     let done = sqlx::query(
         "UPDATE sagas SET state = $2, status = $3, phase = $4, deadline_ms = $5, version = $6, updated_at_ms = $7 \
          WHERE order_id = $1 AND version = $8",
@@ -85,7 +89,7 @@ pub async fn update(tx: &mut Tx, saga: &Saga, expected_version: i64) -> anyhow::
 }
 
 /// Sagas whose deadline is at or before `now_ms`.
-pub async fn due(
+pub(crate) async fn due(
     pool: &sqlx::AnyPool,
     now_ms: i64,
     limit: i64,
@@ -99,7 +103,7 @@ pub async fn due(
 }
 
 /// How many sagas are not finished (only those have a deadline).
-pub async fn in_flight(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
+pub(crate) async fn in_flight(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
     let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL")
         .fetch_one(pool)
         .await?
@@ -108,7 +112,7 @@ pub async fn in_flight(pool: &sqlx::AnyPool) -> anyhow::Result<usize> {
 }
 
 /// Every pending deadline, for the timer wheel of a (re)started manager.
-pub async fn all_deadlines(pool: &sqlx::AnyPool) -> anyhow::Result<Vec<(OrderId, i64)>> {
+pub(crate) async fn all_deadlines(pool: &sqlx::AnyPool) -> anyhow::Result<Vec<(OrderId, i64)>> {
     let rows = sqlx::query("SELECT order_id, deadline_ms FROM sagas WHERE deadline_ms IS NOT NULL")
         .fetch_all(pool)
         .await?;

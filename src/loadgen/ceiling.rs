@@ -26,7 +26,7 @@ pub(crate) struct CeilingMeasure {
 
 impl CeilingMeasure {
     /// Messages per second through the queue: publish and consume both had to keep up.
-    pub fn msg_per_s(&self) -> f64 {
+    pub(super) fn msg_per_s(&self) -> f64 {
         self.published_per_s.min(self.consumed_per_s)
     }
 }

@@ -14,7 +14,7 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
-    pub fn label(&self, name: &str) -> Option<&str> {
+    pub(super) fn label(&self, name: &str) -> Option<&str> {
         self.labels
             .iter()
             .find(|(k, _)| k == name)
@@ -90,7 +90,7 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn parse(text: &str) -> Snapshot {
+    pub(super) fn parse(text: &str) -> Snapshot {
         let mut s = Snapshot::default();
         for sample in parse_prometheus(text) {
             match sample.name.as_str() {
@@ -112,7 +112,7 @@ impl Snapshot {
     }
 
     /// Adds another process's counters (a split deployment has one `/metrics` each).
-    pub fn add(&mut self, other: &Snapshot) {
+    pub(super) fn add(&mut self, other: &Snapshot) {
         for (k, v) in &other.orders {
             *self.orders.entry(k.clone()).or_default() += v;
         }
@@ -122,17 +122,17 @@ impl Snapshot {
     }
 
     /// Sagas finished, any status.
-    pub fn finished(&self) -> f64 {
+    pub(super) fn finished(&self) -> f64 {
         self.orders.values().sum()
     }
 
     /// Sagas finished since `before`.
-    pub fn finished_since(&self, before: &Snapshot) -> u64 {
+    pub(super) fn finished_since(&self, before: &Snapshot) -> u64 {
         (self.finished() - before.finished()).max(0.0).round() as u64
     }
 
     /// Handler outcomes per queue since `before`.
-    pub fn messages_since(&self, before: &Snapshot) -> BTreeMap<String, QueueMessages> {
+    pub(super) fn messages_since(&self, before: &Snapshot) -> BTreeMap<String, QueueMessages> {
         let mut out: BTreeMap<String, QueueMessages> = BTreeMap::new();
         for ((queue, result), after) in &self.consumed {
             let was = before
@@ -165,7 +165,7 @@ pub(crate) struct QueueMessages {
 impl QueueMessages {
     /// Deliveries handled: each ends acked (ok) or rejected (permanent). Transient counts
     /// retries of a delivery in hand, not messages, so it is left out.
-    pub fn delivered(&self) -> u64 {
+    pub(super) fn delivered(&self) -> u64 {
         self.ok + self.permanent
     }
 }

@@ -130,7 +130,10 @@ pub(crate) enum Command {
 impl Options {
     /// Parses the arguments after `loadgen`; `env` looks up environment variables
     /// (`AMQP_URL`), so that parsing stays a pure function.
-    pub fn parse(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Command, String> {
+    pub(super) fn parse(
+        args: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Command, String> {
         let mut url = DEFAULT_URL.to_string();
         let (mut rate, mut concurrency) = (None, None);
         let (mut duration, mut count, mut users) = (None, None, None);

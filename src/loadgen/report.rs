@@ -35,7 +35,7 @@ pub(crate) struct Latency {
 }
 
 impl Latency {
-    pub fn of(mut values: Vec<f64>) -> Latency {
+    pub(super) fn of(mut values: Vec<f64>) -> Latency {
         values.sort_by(f64::total_cmp);
         let at = |p| percentile(&values, p).map(round3);
         Latency {
@@ -86,7 +86,7 @@ pub(crate) struct Params {
 }
 
 impl Params {
-    pub fn of(o: &Options, seed: u64) -> Params {
+    pub(super) fn of(o: &Options, seed: u64) -> Params {
         let (mode, rate, concurrency) = match o.load {
             Load::Rate(r) => ("rate", Some(r), None),
             Load::Concurrency(c) => ("concurrency", None, Some(c)),

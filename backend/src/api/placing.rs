@@ -36,13 +36,13 @@ struct Job {
 
 /// The writer's queue. Cheap to clone.
 #[derive(Clone)]
-pub struct Placing {
+pub(super) struct Placing {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Placing {
     /// Starts the writer on `db`; it ends when the last handle is dropped.
-    pub fn start(db: Db, backlog: Arc<Backlog>) -> Self {
+    pub(super) fn start(db: Db, backlog: Arc<Backlog>) -> Self {
         let (jobs, rx) = mpsc::channel(4 * MAX_GROUP);
         tokio::spawn(write_groups(db, backlog, rx));
         Self { jobs }
@@ -50,7 +50,7 @@ impl Placing {
 
     /// Writes the order and its message, with others arriving now, and returns once they
     /// are committed.
-    pub async fn place(&self, order: Placed, message: Pending) -> Result<(), ApiError> {
+    pub(super) async fn place(&self, order: Placed, message: Pending) -> Result<(), ApiError> {
         let (done, committed) = oneshot::channel();
         let job = Job {
             order,

@@ -7,7 +7,10 @@ use common::{
 use sqlx::Row;
 
 /// Records a balance unless a newer one is already known. Returns whether it changed.
-pub async fn apply_credits(tx: &mut Tx, change: &CreditsChanged) -> Result<bool, sqlx::Error> {
+pub(crate) async fn apply_credits(
+    tx: &mut Tx,
+    change: &CreditsChanged,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO users (username, credits, version) VALUES ($1, $2, $3) \
          ON CONFLICT (username) DO UPDATE SET credits = excluded.credits, version = excluded.version \
@@ -22,7 +25,7 @@ pub async fn apply_credits(tx: &mut Tx, change: &CreditsChanged) -> Result<bool,
 }
 
 /// Records a stock level unless a newer one is already known. Returns whether it changed.
-pub async fn apply_stock(tx: &mut Tx, change: &StockChanged) -> Result<bool, sqlx::Error> {
+pub(crate) async fn apply_stock(tx: &mut Tx, change: &StockChanged) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO products (product, stock, version) VALUES ($1, $2, $3) \
          ON CONFLICT (product) DO UPDATE SET stock = excluded.stock, version = excluded.version \
@@ -37,7 +40,7 @@ pub async fn apply_stock(tx: &mut Tx, change: &StockChanged) -> Result<bool, sql
 }
 
 /// The balance of a user payment has reported on, if any.
-pub async fn credits(db: &Db, username: &str) -> Result<Option<i64>, sqlx::Error> {
+pub(crate) async fn credits(db: &Db, username: &str) -> Result<Option<i64>, sqlx::Error> {
     let row = sqlx::query("SELECT credits FROM users WHERE username = $1")
         .bind(username.to_string())
         .fetch_optional(db.pool())
@@ -46,7 +49,7 @@ pub async fn credits(db: &Db, username: &str) -> Result<Option<i64>, sqlx::Error
 }
 
 /// `(product, stock)` of every product inventory has reported on, by name.
-pub async fn inventory(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub(crate) async fn inventory(db: &Db) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query("SELECT product, stock FROM products ORDER BY product")
         .fetch_all(db.pool())
         .await?;

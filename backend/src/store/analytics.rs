@@ -16,7 +16,7 @@ use common::{
 use sqlx::Row;
 
 /// A minute in milliseconds: the grain of the per-minute figures.
-pub const MINUTE_MS: i64 = 60_000;
+pub(crate) const MINUTE_MS: i64 = 60_000;
 
 /// What one finished order contributes to the figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct Finished {
 
 /// Orders, tokens and credits: one line of any of the sums.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sums {
+pub(crate) struct Sums {
     pub orders: i64,
     pub tokens: i64,
     pub revenue: i64,
@@ -59,7 +59,7 @@ impl Sums {
 /// Counts the orders of `finished` not counted before (a redelivered or repeated final
 /// update counts nothing) and adds them to every sum, one statement per sum and key.
 /// Returns how many were counted now.
-pub async fn count(tx: &mut Tx, finished: &[Finished]) -> Result<usize, sqlx::Error> {
+pub(crate) async fn count(tx: &mut Tx, finished: &[Finished]) -> Result<usize, sqlx::Error> {
     let mut fresh = Vec::new();
     for chunk in finished.chunks(128) {
         let ids = claim(tx, chunk).await?;
@@ -184,7 +184,7 @@ fn final_statuses() -> String {
 
 /// Recomputes every figure from the orders read model, in one transaction: what a wiped
 /// or late analytics store would have counted. Returns the orders counted.
-pub async fn rebuild(db: &Db) -> Result<i64, sqlx::Error> {
+pub(crate) async fn rebuild(db: &Db) -> Result<i64, sqlx::Error> {
     let mut tx = db.begin().await?;
     if db.backend() == Backend::Postgres {
         // The event consumer's counting waits until the rebuild is committed (on SQLite
@@ -250,7 +250,7 @@ pub async fn rebuild(db: &Db) -> Result<i64, sqlx::Error> {
 
 /// Whether some finished order of the read model is not counted: the analytics store was
 /// wiped, or started after orders finished.
-pub async fn behind(db: &Db) -> Result<bool, sqlx::Error> {
+pub(crate) async fn behind(db: &Db) -> Result<bool, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT COUNT(*) FROM orders WHERE phase = 'done' AND status IN ({})) AS finished, \
                 (SELECT COUNT(*) FROM analytics_orders) AS counted",
@@ -264,7 +264,7 @@ pub async fn behind(db: &Db) -> Result<bool, sqlx::Error> {
 }
 
 /// Finished orders per final status (those with at least one).
-pub async fn by_status(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+pub(crate) async fn by_status(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
     let rows = sqlx::query("SELECT status, orders, tokens, revenue FROM sales ORDER BY status")
         .fetch_all(db.pool())
         .await?;
@@ -274,7 +274,7 @@ pub async fn by_status(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
 }
 
 /// How many customers bought successfully.
-pub async fn customers(db: &Db) -> Result<i64, sqlx::Error> {
+pub(crate) async fn customers(db: &Db) -> Result<i64, sqlx::Error> {
     sqlx::query("SELECT COUNT(*) AS n FROM sales_by_customer")
         .fetch_one(db.pool())
         .await?
@@ -282,7 +282,7 @@ pub async fn customers(db: &Db) -> Result<i64, sqlx::Error> {
 }
 
 /// Successful sales per product, by revenue (highest first), then by name.
-pub async fn by_product(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+pub(crate) async fn by_product(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT product, orders, tokens, revenue FROM sales_by_product \
          ORDER BY revenue DESC, product",
@@ -295,7 +295,7 @@ pub async fn by_product(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
 }
 
 /// The `limit` customers who spent most; ties by username (byte order).
-pub async fn top_customers(db: &Db, limit: i64) -> Result<Vec<(String, Sums)>, sqlx::Error> {
+pub(crate) async fn top_customers(db: &Db, limit: i64) -> Result<Vec<(String, Sums)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT username, orders, tokens, spent FROM sales_by_customer \
          ORDER BY spent DESC, username LIMIT $1",
@@ -309,7 +309,10 @@ pub async fn top_customers(db: &Db, limit: i64) -> Result<Vec<(String, Sums)>, s
 }
 
 /// The per-minute figures from `since_ms` on: `(minute_ms, status, sums)`, oldest first.
-pub async fn minutes(db: &Db, since_ms: i64) -> Result<Vec<(i64, String, Sums)>, sqlx::Error> {
+pub(crate) async fn minutes(
+    db: &Db,
+    since_ms: i64,
+) -> Result<Vec<(i64, String, Sums)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT minute_ms, status, orders, tokens, revenue FROM sales_by_minute \
          WHERE minute_ms >= $1 ORDER BY minute_ms, status",

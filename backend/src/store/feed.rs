@@ -23,7 +23,7 @@ pub struct FeedRow {
 
 /// A row to append; its seq is assigned by [`append`].
 #[derive(Debug, Clone)]
-pub struct NewRow {
+pub(crate) struct NewRow {
     pub order_id: OrderId,
     pub username: String,
     pub payload: String,
@@ -47,7 +47,7 @@ impl Filter {
 /// late as possible in the transaction: on PostgreSQL it takes the table's write lock,
 /// which concurrent appenders (other replicas' projections) wait for until this commits.
 /// Waiting last, holding every row lock it needs already, cannot deadlock.
-pub async fn append(
+pub(crate) async fn append(
     tx: &mut Tx,
     backend: Backend,
     rows: &[NewRow],
@@ -98,7 +98,7 @@ pub async fn append(
 }
 
 /// Rows with a seq above `after` that `filter` wants, oldest first, at most `limit`.
-pub async fn after(
+pub(crate) async fn after(
     db: &Db,
     after: i64,
     filter: &Filter,
@@ -135,7 +135,7 @@ pub async fn after(
 }
 
 /// The oldest and the newest seq kept, or None while the feed is empty.
-pub async fn bounds(db: &Db) -> Result<Option<(i64, i64)>, sqlx::Error> {
+pub(crate) async fn bounds(db: &Db) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT MIN(seq) AS oldest, MAX(seq) AS newest FROM order_feed")
         .fetch_one(db.pool())
         .await?;
@@ -149,7 +149,7 @@ pub async fn bounds(db: &Db) -> Result<Option<(i64, i64)>, sqlx::Error> {
 /// it: an empty feed would start again from 1, under the ids clients hold). Returns how
 /// many rows went. Reads and deletes by seq only, a thousand rows at a time, so that it
 /// needs no index but the primary key and never holds the table for long.
-pub async fn prune(db: &Db, before_ms: i64, keep_rows: i64) -> Result<u64, sqlx::Error> {
+pub(crate) async fn prune(db: &Db, before_ms: i64, keep_rows: i64) -> Result<u64, sqlx::Error> {
     const CHUNK: i64 = 1000;
     // Bounded, so that a huge backlog is worked off over several calls.
     const MAX_CHUNKS: usize = 100;

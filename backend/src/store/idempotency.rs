@@ -11,7 +11,7 @@ use super::corrupt;
 
 /// What the first request with a key was, and what it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     /// The canonical form of the request (see `api::purchase::fingerprint`).
     pub fingerprint: String,
     pub order_id: OrderId,
@@ -24,7 +24,7 @@ pub struct Recorded {
 /// committed request or by one committing concurrently: on PostgreSQL the insert waits for
 /// that transaction and then does nothing; on SQLite write transactions are serialized.
 /// Either way the caller must roll back and [`find`] the winner's record.
-pub async fn claim(
+pub(crate) async fn claim(
     tx: &mut Tx,
     key: &str,
     record: &Recorded,
@@ -47,7 +47,7 @@ pub async fn claim(
 }
 
 /// Forgets the keys claimed before `before_ms`; returns how many.
-pub async fn sweep(db: &Db, before_ms: i64) -> Result<u64, sqlx::Error> {
+pub(crate) async fn sweep(db: &Db, before_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at_ms < $1")
         .bind(before_ms)
         .execute(db.pool())
@@ -56,7 +56,7 @@ pub async fn sweep(db: &Db, before_ms: i64) -> Result<u64, sqlx::Error> {
 }
 
 /// The record of `key`, if a request with it was committed.
-pub async fn find(db: &Db, key: &str) -> Result<Option<Recorded>, sqlx::Error> {
+pub(crate) async fn find(db: &Db, key: &str) -> Result<Option<Recorded>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT fingerprint, order_id, response_status, response_body \
          FROM idempotency_keys WHERE idempotency_key = $1",

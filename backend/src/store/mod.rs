@@ -3,11 +3,11 @@
 //! Rows are parsed into domain types on the way out, so a corrupt row surfaces as
 //! `sqlx::Error::Decode` (a 500 that logs the cause) instead of travelling further.
 
-pub mod accounts;
-pub mod analytics;
-pub mod feed;
-pub mod idempotency;
-pub mod orders;
+pub(crate) mod accounts;
+pub(crate) mod analytics;
+pub(crate) mod feed;
+pub(crate) mod idempotency;
+pub(crate) mod orders;
 
 /// A value read back from the database that does not parse.
 fn corrupt(what: impl std::fmt::Display) -> sqlx::Error {

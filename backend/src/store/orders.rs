@@ -28,7 +28,7 @@ pub struct StoredOrder {
 
 /// Which orders `/api/orders` wants: newest first, strictly older than `before`.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub username: Option<String>,
     pub status: Option<OrderStatus>,
     pub before: Option<OrderId>,
@@ -42,7 +42,7 @@ const SUMMARY_COLUMNS: &str =
 /// back at once (as PROCESSING) and is never missing from the read model. Its trace (the
 /// POST's) is kept with the row.
 #[derive(Debug, Clone)]
-pub struct Placed {
+pub(crate) struct Placed {
     pub id: OrderId,
     pub terms: OrderTerms,
     pub placed_at_ms: i64,
@@ -50,7 +50,7 @@ pub struct Placed {
 }
 
 /// [`insert_placed`] for many orders, in one statement.
-pub async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_placed_many(tx: &mut Tx, orders: &[Placed]) -> Result<(), sqlx::Error> {
     insert_rows(tx, orders, "").await
 }
 
@@ -102,7 +102,7 @@ async fn insert_rows(tx: &mut Tx, orders: &[Placed], conflict: &str) -> Result<(
 
 /// What the read model holds of an order that updates are about to change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Held {
+pub(crate) struct Held {
     pub version: i64,
     /// The seq of the newest timeline entry it holds (0: none).
     pub timeline_seq: i64,
@@ -121,7 +121,7 @@ pub struct Held {
 /// POST would have written (version 0, empty timeline), `ON CONFLICT DO NOTHING`, and is
 /// read again: a replica inserting it at the same time makes this one wait for its commit.
 /// SQLite has one writer at a time.
-pub async fn held(
+pub(crate) async fn held(
     tx: &mut Tx,
     backend: Backend,
     updates: &[&OrderUpdated],
@@ -225,7 +225,7 @@ fn newest_seq(timeline: &str) -> Result<i64, serde_json::Error> {
 /// Applies a saga update unless the row already holds this version or a newer one: events
 /// may be redelivered or overtake each other, and the newest state must win. Returns
 /// whether the row changed.
-pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sqlx::Error> {
+pub(crate) async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sqlx::Error> {
     let timeline =
         serde_json::to_string(&update.timeline).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let timeline_seq = update.timeline.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -259,7 +259,7 @@ pub async fn apply_update(tx: &mut Tx, update: &OrderUpdated) -> Result<bool, sq
 }
 
 /// One order with its timeline and its trace id, listed or not.
-pub async fn get(
+pub(crate) async fn get(
     db: &Db,
     id: OrderId,
 ) -> Result<Option<(StoredOrder, Vec<TimelineEntry>, Option<String>)>, sqlx::Error> {
@@ -278,7 +278,7 @@ pub async fn get(
 }
 
 /// Orders matching `filter`, newest first, at most `filter.limit`.
-pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Error> {
+pub(crate) async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Error> {
     // Only the conditions in use are written, so each query can use its index.
     let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM orders WHERE 1 = 1");
     let mut params: Vec<String> = Vec::new();
@@ -309,7 +309,7 @@ pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, sqlx::Er
 
 /// The newest `limit` orders whose `order.create` succeeded, oldest first
 /// (`/api/all-transaction`): its answer is bounded however large the shop grows.
-pub async fn listed(db: &Db, limit: i64) -> Result<Vec<StoredOrder>, sqlx::Error> {
+pub(crate) async fn listed(db: &Db, limit: i64) -> Result<Vec<StoredOrder>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT order_id, username, price, amount, product, status, phase, placed_at_ms, \
          updated_at_ms FROM orders WHERE listed = 1 ORDER BY order_id DESC LIMIT $1",

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub db: Db,
     pub router: Router,
     pub projection: Projection,
@@ -33,18 +33,18 @@ pub struct TestApp {
 }
 
 /// A response, its body parsed as JSON (`Value::Null` when it is not JSON).
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Value,
     pub text: String,
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     let database_url = std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty());
@@ -52,11 +52,11 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
 }
 
 /// The local PostgreSQL test server, unless `TEST_DATABASE_URL` names another.
-pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A backend on PostgreSQL whatever `TEST_DATABASE_URL` says: for the tests of what only
 /// PostgreSQL does differently.
-pub async fn spawn_pg_app() -> TestApp {
+pub(crate) async fn spawn_pg_app() -> TestApp {
     let url = std::env::var("TEST_DATABASE_URL")
         .ok()
         .filter(|u| !u.is_empty())
@@ -91,7 +91,7 @@ async fn spawn_app_on(database_url: Option<String>, vars: &[(&str, &str)]) -> Te
 }
 
 impl TestApp {
-    pub async fn request(
+    pub(crate) async fn request(
         &self,
         method: Method,
         path: &str,
@@ -132,11 +132,11 @@ impl TestApp {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None, Body::empty()).await
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.request(
             Method::POST,
             path,
@@ -147,7 +147,7 @@ impl TestApp {
     }
 
     /// Places a purchase that must be accepted; returns its order id.
-    pub async fn buy(&self, username: &str, price: i64, amount: i64) -> OrderId {
+    pub(crate) async fn buy(&self, username: &str, price: i64, amount: i64) -> OrderId {
         let r = self
             .post_json(
                 "/api/purchase/",
@@ -158,17 +158,17 @@ impl TestApp {
         OrderId::parse(r.body["order_id"].as_str().unwrap()).unwrap()
     }
 
-    pub async fn outbox_backlog(&self) -> i64 {
+    pub(crate) async fn outbox_backlog(&self) -> i64 {
         common::outbox::backlog(&self.db).await.unwrap()
     }
 
     /// Projects `event` as a delivery with a fresh message id.
-    pub async fn project(&self, event: Event) {
+    pub(crate) async fn project(&self, event: Event) {
         self.project_as(&uuid::Uuid::now_v7().to_string(), event)
             .await;
     }
 
-    pub async fn project_as(&self, message_id: &str, event: Event) {
+    pub(crate) async fn project_as(&self, message_id: &str, event: Event) {
         self.projection
             .apply(message_id, &event)
             .await
@@ -178,7 +178,7 @@ impl TestApp {
 
 /// Asserts an error response: status, JSON shape, and (when given) the field the detail
 /// starts with.
-pub fn assert_error(r: &Reply, status: StatusCode, code: &str, field: Option<&str>) {
+pub(crate) fn assert_error(r: &Reply, status: StatusCode, code: &str, field: Option<&str>) {
     assert_eq!(r.status, status, "{}", r.text);
     assert!(
         r.content_type.starts_with("application/json"),
@@ -197,7 +197,7 @@ pub fn assert_error(r: &Reply, status: StatusCode, code: &str, field: Option<&st
     }
 }
 
-pub fn terms(username: &str, price: i64, amount: i64) -> OrderTerms {
+pub(crate) fn terms(username: &str, price: i64, amount: i64) -> OrderTerms {
     OrderTerms::new(
         Username::parse(username).unwrap(),
         Credits::new(price).unwrap(),
@@ -207,7 +207,7 @@ pub fn terms(username: &str, price: i64, amount: i64) -> OrderTerms {
 }
 
 /// The saga's state as the manager would publish it after `version` transitions.
-pub fn order_updated(
+pub(crate) fn order_updated(
     id: OrderId,
     terms: &OrderTerms,
     status: OrderStatus,

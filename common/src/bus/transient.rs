@@ -50,7 +50,7 @@ fn cause_is_transient(cause: &(dyn StdError + 'static)) -> Option<bool> {
 /// failure is the service's, not the message's: retrying it does not count toward
 /// [`super::MAX_TRANSIENT_ATTEMPTS`], so a database outage of any length delays messages
 /// instead of dead-lettering them (and failing their orders).
-pub fn is_unavailable(error: &anyhow::Error) -> bool {
+pub(super) fn is_unavailable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause
             .downcast_ref::<sqlx::Error>()

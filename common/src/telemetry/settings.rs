@@ -39,7 +39,7 @@ pub struct Settings {
 }
 
 /// The export timeout when `OTEL_EXPORTER_OTLP_TIMEOUT` is unset (the specification's).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Settings {
     pub fn from_env() -> Result<Option<Settings>, ConfigError> {
