@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod domain;
+pub mod invariants;
 pub mod messages;
 pub mod rows;
 pub mod topology;

@@ -3,6 +3,12 @@
 //! window finds, and the report stays bounded.
 
 use super::*;
+use super::{
+    books::{Books, check_account, check_outboxes, check_product},
+    check::{AcceptedOrder, SagaRow, Tally, Window, check_window},
+    read::{StoredSaga, in_window},
+};
+use common::{invariants::Invariant, messages::TimelineEvent};
 
 const NOW: i64 = 1_000_000;
 const GRACE: i64 = 10_000;
@@ -75,19 +81,19 @@ fn audit_windows<'a>(w: &World, windows: impl IntoIterator<Item = &'a Window>) -
     let mut tally = Tally::default();
     for b in &w.accounts {
         for v in check_account(b, 500) {
-            tally.push(2, v);
+            tally.push(Invariant::CreditsBalance, v);
         }
     }
     for b in &w.products {
         for v in check_product(b, 500) {
-            tally.push(3, v);
+            tally.push(Invariant::StockBalances, v);
         }
     }
     for window in windows {
         tally.add(check_window(window, NOW, GRACE));
     }
     for v in check_outboxes(&w.outboxes, NOW, GRACE) {
-        tally.push(5, v);
+        tally.push(Invariant::NothingLost, v);
     }
     let backlog = w
         .outboxes
@@ -456,7 +462,7 @@ fn the_report_lists_the_first_violations_and_counts_the_others() {
 #[test]
 fn an_invariant_with_only_unlisted_violations_is_not_ok() {
     let mut tally = Tally::default();
-    tally.unlisted(3, 2);
+    tally.unlisted(Invariant::StockBalances, 2);
     let r = tally.report(NOW, GRACE, DeadLetterCounts::default(), BTreeMap::new());
     assert!(!r.ok);
     assert_eq!(only_violated(&r), vec![3]);
