@@ -525,3 +525,14 @@ async fn a_second_audit_while_one_runs_is_429_with_retry_after() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(response.headers()["retry-after"], "1");
 }
+
+#[test]
+fn the_report_documents_its_invariants_under_their_old_schema_name() {
+    let doc = serde_json::to_value(openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Invariant"].is_object(), "{schemas}");
+    assert_eq!(
+        schemas["Report"]["properties"]["invariants"]["items"]["$ref"],
+        "#/components/schemas/Invariant"
+    );
+}
