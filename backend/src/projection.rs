@@ -61,7 +61,12 @@ impl Projection {
     /// Applies one event, in one transaction with its inbox record. `message_id` identifies
     /// the delivery: a second call with the same id changes nothing.
     pub async fn apply(&self, message_id: &str, event: &Event) -> Result<(), HandlerError> {
-        let _span = telemetry::transaction("backend", &self.db, "projection", &Context::current());
+        let _span = telemetry::transaction(
+            "backend",
+            self.db.system(),
+            "projection",
+            &Context::current(),
+        );
         let mut tx = self.db.begin().await?;
         let fed = if inbox::first_delivery(&mut tx, message_id).await? {
             self.apply_events(&mut tx, std::slice::from_ref(event))
@@ -153,7 +158,7 @@ async fn apply_event(
 impl BatchHandler for Projection {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let decoded = batch.iter().map(events).collect::<Result<Vec<_>, _>>()?;
-        let _span = telemetry::transaction("backend", &self.db, "projection", &batch[0].cx);
+        let _span = telemetry::transaction("backend", self.db.system(), "projection", &batch[0].cx);
         let mut tx = self.db.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
         let mut first = inbox::first_deliveries(&mut tx, &ids).await?;

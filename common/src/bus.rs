@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::ConsumerMetrics;
 use crate::telemetry::{self, KeyValue, Span, SpanKind};
-use crate::{backoff::Backoff, config::redact, outbox::Pending, shutdown::Shutdown, topology};
+use crate::{backoff::Backoff, config::redact, pending::Pending, shutdown::Shutdown, topology};
 
 mod batch;
 mod transient;

@@ -16,7 +16,7 @@ use sqlx::{Any, AnyPool, Executor, any::AnyPoolOptions, migrate::Migrator};
 use tokio::sync::{Notify, mpsc};
 
 use crate::{
-    backoff::Backoff, config::Config, config::redact, outbox::Pending, shutdown::Shutdown,
+    backoff::Backoff, config::Config, config::redact, pending::Pending, shutdown::Shutdown,
 };
 
 pub type Tx = sqlx::Transaction<'static, Any>;
@@ -161,6 +161,14 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The database's name in telemetry (`db.system.name`).
+    pub fn system(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
     }
 
     /// Begins a write transaction. On SQLite it takes the write lock up front

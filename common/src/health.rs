@@ -39,8 +39,40 @@ pub fn metrics_router(services: Vec<Readiness>, metrics: Arc<Metrics>) -> Router
 async fn serve_metrics(
     State((services, metrics)): State<(Vec<Readiness>, Arc<Metrics>)>,
 ) -> impl IntoResponse {
-    let body = metrics.scrape(&services).await;
+    let body = scrape(&metrics, &services).await;
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
+}
+
+/// Refreshes the gauges read from `services`' databases (each one's outbox, and what it
+/// counts of its own tables: [`crate::service::StoredCount`]), then renders every metric.
+async fn scrape(metrics: &Metrics, services: &[Readiness]) -> String {
+    for s in services {
+        let db = s.db.pool();
+        if let Some(n) = count(db, "SELECT COUNT(*) AS n FROM outbox").await {
+            metrics.outbox_backlog.with_label_values(&[s.name]).set(n);
+        }
+        for stored in &s.counts {
+            if let Some(n) = count(db, stored.sql).await {
+                stored.gauge.with_label_values(&[s.name]).set(n);
+            }
+        }
+    }
+    metrics.render()
+}
+
+/// A single count, or None (logged) when the database does not answer in time: a scrape
+/// keeps the previous value rather than report a wrong one.
+async fn count(db: &sqlx::AnyPool, sql: &'static str) -> Option<i64> {
+    use sqlx::Row;
+    let query = sqlx::query(sql).fetch_one(db);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), query).await {
+        Ok(Ok(row)) => row.try_get("n").ok(),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, sql, "metrics query failed");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 async fn readyz(State(services): State<Vec<Readiness>>) -> (StatusCode, Json<Value>) {

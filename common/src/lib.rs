@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod operator;
 pub mod outbox;
 pub mod paging;
+pub mod pending;
 pub mod rate_limit;
 pub mod room;
 pub mod service;

@@ -29,9 +29,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use sqlx::Row;
-
-use crate::service::Readiness;
 
 /// The content type of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -216,34 +213,6 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the gauges read from `services`' databases, then renders every metric.
-    pub async fn scrape(&self, services: &[Readiness]) -> String {
-        for s in services {
-            let db = s.db.pool();
-            if let Some(n) = count(db, "SELECT COUNT(*) AS n FROM outbox").await {
-                self.outbox_backlog.with_label_values(&[s.name]).set(n);
-            }
-            // Each of these tables belongs to one service; its name says which process has it.
-            let stored = match s.name {
-                "manager" => Some((
-                    &self.sagas_in_flight,
-                    "SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL",
-                )),
-                "dead-letter" => Some((
-                    &self.dead_letters_open,
-                    "SELECT COUNT(*) AS n FROM dead_letters WHERE resolved_at_ms IS NULL",
-                )),
-                _ => None,
-            };
-            if let Some((gauge, sql)) = stored
-                && let Some(n) = count(db, sql).await
-            {
-                gauge.with_label_values(&[s.name]).set(n);
-            }
-        }
-        self.render()
-    }
-
     /// Every metric in the text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -261,20 +230,6 @@ impl Metrics {
         self.http_seconds
             .with_label_values(&[method, route])
             .observe(elapsed.as_secs_f64());
-    }
-}
-
-/// A single count, or None (logged) when the database does not answer in time: a scrape
-/// keeps the previous value rather than report a wrong one.
-async fn count(db: &sqlx::AnyPool, sql: &'static str) -> Option<i64> {
-    let query = sqlx::query(sql).fetch_one(db);
-    match tokio::time::timeout(Duration::from_secs(2), query).await {
-        Ok(Ok(row)) => row.try_get("n").ok(),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, sql, "metrics query failed");
-            None
-        }
-        Err(_) => None,
     }
 }
 

@@ -31,19 +31,7 @@ use crate::{
     time::now_ms,
 };
 
-/// A message waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct Pending {
-    pub id: String,
-    pub exchange: String,
-    pub routing_key: String,
-    pub correlation_id: Option<String>,
-    pub payload: String,
-    /// AMQP headers to publish with it: the W3C trace context (`traceparent`,
-    /// `tracestate`) of the work that wrote it, captured at enqueue time because the relay
-    /// publishes later, outside that work. None: no trace.
-    pub headers: Option<BTreeMap<String, String>>,
-}
+pub use crate::pending::Pending;
 
 /// Adds a message to the outbox inside `tx`, in the trace of the current context; returns
 /// its message id.

@@ -16,12 +16,35 @@ pub struct Running {
     pub task: JoinHandle<()>,
 }
 
-/// What `/readyz` asks of a service.
+/// What `/readyz` asks of a service, and what `/metrics` counts in its database.
 #[derive(Clone)]
 pub struct Readiness {
     pub name: &'static str,
     pub db: Db,
     pub broker: Broker,
+    /// The gauges the service keeps of its own tables.
+    pub counts: Vec<StoredCount>,
+}
+
+/// A gauge a service keeps of one of its tables, set at every scrape of `/metrics` (a
+/// service that is not the table's owner never counts it).
+#[derive(Clone)]
+pub struct StoredCount {
+    /// Labelled by service.
+    pub gauge: prometheus::IntGaugeVec,
+    /// One row with the count as `n`.
+    pub sql: &'static str,
+}
+
+impl Running {
+    /// Counts `sql` into `gauge` at every scrape.
+    pub fn counting(mut self, gauge: &prometheus::IntGaugeVec, sql: &'static str) -> Self {
+        self.readiness.counts.push(StoredCount {
+            gauge: gauge.clone(),
+            sql,
+        });
+        self
+    }
 }
 
 impl Readiness {
@@ -46,6 +69,7 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         name,
         db: db.clone(),
         broker: broker.clone(),
+        counts: Vec::new(),
     };
     let task = tokio::spawn(async move {
         futures::future::join_all(parts).await;

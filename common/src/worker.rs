@@ -68,7 +68,7 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
             }
             // Each command's part of the transaction is a span of its own order's trace.
             let service = worker_name(L::WORKER);
-            let span = telemetry::transaction(service, &self.db, cmd.step.name(), &msg.cx);
+            let span = telemetry::transaction(service, self.db.system(), cmd.step.name(), &msg.cx);
             span.set_attribute(KeyValue::new(
                 "marketplace.order_id",
                 cmd.order_id.to_string(),

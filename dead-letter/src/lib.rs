@@ -45,7 +45,12 @@ pub async fn start(
         shutdown.clone(),
     ))];
     let router = api::router(db.clone());
-    Ok((service::spawn("dead-letter", db, broker, parts), router))
+    let metrics = broker.metrics().clone();
+    let running = service::spawn("dead-letter", db, broker, parts).counting(
+        &metrics.dead_letters_open,
+        "SELECT COUNT(*) AS n FROM dead_letters WHERE resolved_at_ms IS NULL",
+    );
+    Ok((running, router))
 }
 
 /// The OpenAPI document of the dead-letter routes (tag `dead-letters`), for `/docs`.

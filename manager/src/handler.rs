@@ -88,7 +88,8 @@ impl BatchHandler for Manager {
             let work = self.handle_one(msg, message.clone());
             return telemetry::FutureExt::with_context(work, msg.cx.clone()).await;
         }
-        let _tx_span = telemetry::transaction("manager", &self.db, "saga batch", &batch[0].cx);
+        let _tx_span =
+            telemetry::transaction("manager", self.db.system(), "saga batch", &batch[0].cx);
         let mut tx = self.db.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
         let mut first = inbox::first_deliveries(&mut tx, &ids).await?;
@@ -175,7 +176,7 @@ impl Manager {
     /// Starts a saga. A second PlaceOrder for the same order changes nothing.
     async fn place(&self, message_id: &str, place: PlaceOrder) -> Result<(), HandlerError> {
         let cx = Context::current();
-        let _tx_span = telemetry::transaction("manager", &self.db, "saga", &cx);
+        let _tx_span = telemetry::transaction("manager", self.db.system(), "saga", &cx);
         let mut tx = self.db.begin().await?;
         let outcome = if inbox::first_delivery(&mut tx, message_id).await? {
             self.start(&mut tx, place, &cx).await?
@@ -593,7 +594,7 @@ fn command_context(saga: &Saga, step: common::messages::Step) -> Context {
 
 /// A span around the saga's transaction, in the order's trace even for a deadline.
 fn transaction_span(db: &Db, saga: &Saga, cx: &Context) -> telemetry::Span {
-    telemetry::transaction("manager", db, "saga", &work_context(saga, cx))
+    telemetry::transaction("manager", db.system(), "saga", &work_context(saga, cx))
 }
 
 /// Gives each timeline entry the transition added (from `old_len`) its span id: a `sent`

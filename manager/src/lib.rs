@@ -89,6 +89,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
                 .await
         }
     };
+    let metrics = broker.metrics().clone();
     let backstop = backstop(manager, shutdown.clone());
     let parts: Vec<service::Part> = vec![
         Box::pin(replies),
@@ -96,7 +97,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         Box::pin(timer_loop),
         Box::pin(backstop),
     ];
-    Ok(service::spawn("manager", db, broker, parts))
+    Ok(service::spawn("manager", db, broker, parts).counting(
+        &metrics.sagas_in_flight,
+        "SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL",
+    ))
 }
 
 /// Every second, fires the deadlines the database says are due: those of a saga whose

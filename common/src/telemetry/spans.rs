@@ -81,12 +81,9 @@ impl Drop for Span {
 }
 
 /// A span around one database transaction (database client conventions), named after
-/// the work it commits, e.g. `payment.charge transaction`.
-pub fn transaction(service: &str, db: &crate::db::Db, what: &str, parent: &Context) -> Span {
-    let system = match db.backend() {
-        crate::db::Backend::Sqlite => "sqlite",
-        crate::db::Backend::Postgres => "postgresql",
-    };
+/// the work it commits, e.g. `payment.charge transaction`; `system` is the database's
+/// `db.system.name` (see `Db::system`).
+pub fn transaction(service: &str, system: &'static str, what: &str, parent: &Context) -> Span {
     Span::start(
         service,
         format!("{what} transaction"),
