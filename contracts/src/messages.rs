@@ -110,18 +110,50 @@ pub enum Fault {
     Stall,
 }
 
-/// The fault flags of a purchase request, as the compatibility contract names them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Faults {
-    pub kill_create: bool,
-    pub kill_payment: bool,
-    pub timeout_payment: bool,
-    pub kill_inventory: bool,
-    pub timeout_inventory: bool,
-    pub kill_deliver: bool,
-    pub timeout_deliver: bool,
+/// [`Faults`] from its flags' names, written once: the struct, the names in order, and
+/// the iteration and setting by name that the API and loadgen use.
+macro_rules! fault_flags {
+    ($($flag:ident),+ $(,)?) => {
+        /// The fault flags of a purchase request, as the compatibility contract names them.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct Faults {
+            $(pub $flag: bool,)+
+        }
+
+        impl Faults {
+            /// How many flags there are.
+            pub const COUNT: usize = [$(stringify!($flag)),+].len();
+
+            /// The flags' names, in the contract's order (the first one set is named in a 403).
+            pub const NAMES: [&'static str; Self::COUNT] = [$(stringify!($flag)),+];
+
+            /// Each flag's name and whether it is set, in the contract's order.
+            pub fn flags(&self) -> impl Iterator<Item = (&'static str, bool)> {
+                [$((stringify!($flag), self.$flag)),+].into_iter()
+            }
+
+            /// Sets the flag named `name`; false when there is no such flag.
+            pub fn set(&mut self, name: &str, on: bool) -> bool {
+                match name {
+                    $(stringify!($flag) => self.$flag = on,)+
+                    _ => return false,
+                }
+                true
+            }
+        }
+    };
 }
+
+fault_flags!(
+    kill_create,
+    kill_payment,
+    timeout_payment,
+    kill_inventory,
+    timeout_inventory,
+    kill_deliver,
+    timeout_deliver,
+);
 
 impl Faults {
     /// The fault to inject into one step, if any. Kill wins over a stall on the same step.

@@ -38,7 +38,8 @@ impl Kind {
             "insufficient_fund" => Some(Kind::InsufficientFund),
             "out_of_stock" => Some(Kind::OutOfStock),
             _ => FAULT_FLAGS
-                .into_iter()
+                .iter()
+                .copied()
                 .find(|f| *f == name)
                 .map(Kind::Fault),
         }

@@ -101,15 +101,7 @@ pub struct Purchase {
 }
 
 /// The fault flags, in the contract's order (the first one set is named in a 403).
-pub const FAULT_FLAGS: [&str; 7] = [
-    "kill_create",
-    "kill_payment",
-    "timeout_payment",
-    "kill_inventory",
-    "timeout_inventory",
-    "kill_deliver",
-    "timeout_deliver",
-];
+pub const FAULT_FLAGS: [&str; Faults::COUNT] = Faults::NAMES;
 
 /// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
 /// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
@@ -210,24 +202,10 @@ pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
         }
     };
     let terms = OrderTerms::new(username, price, amount)?.of(product);
-    let [
-        kill_create,
-        kill_payment,
-        timeout_payment,
-        kill_inventory,
-        timeout_inventory,
-        kill_deliver,
-        timeout_deliver,
-    ] = FAULT_FLAGS.map(|name| flag(&fields, name));
-    let faults = Faults {
-        kill_create: kill_create?,
-        kill_payment: kill_payment?,
-        timeout_payment: timeout_payment?,
-        kill_inventory: kill_inventory?,
-        timeout_inventory: timeout_inventory?,
-        kill_deliver: kill_deliver?,
-        timeout_deliver: timeout_deliver?,
-    };
+    let mut faults = Faults::default();
+    for name in FAULT_FLAGS {
+        faults.set(name, flag(&fields, name)?);
+    }
     Ok(Purchase { terms, faults })
 }
 
@@ -282,20 +260,7 @@ pub fn fingerprint(purchase: &Purchase) -> String {
 
 /// The first fault flag set, by its contract name.
 pub fn first_fault(faults: &Faults) -> Option<&'static str> {
-    let set = [
-        faults.kill_create,
-        faults.kill_payment,
-        faults.timeout_payment,
-        faults.kill_inventory,
-        faults.timeout_inventory,
-        faults.kill_deliver,
-        faults.timeout_deliver,
-    ];
-    FAULT_FLAGS
-        .into_iter()
-        .zip(set)
-        .find(|(_, on)| *on)
-        .map(|(name, _)| name)
+    faults.flags().find(|(_, on)| *on).map(|(name, _)| name)
 }
 
 fn required<'a>(
