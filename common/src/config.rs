@@ -286,12 +286,8 @@ impl Config {
                 "must start with amqp:// or amqps://",
             ));
         }
-        let http_addr = parse(
-            "HTTP_ADDR",
-            var("HTTP_ADDR"),
-            "0.0.0.0:8000".parse().unwrap(),
-        )?;
-        let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| "./data".into()));
+        let http_addr = documented_parse("HTTP_ADDR", var("HTTP_ADDR"))?;
+        let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| documented("DATA_DIR")));
         let mut database_url = var("DATABASE_URL");
         if let Some(url) = &database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
@@ -303,37 +299,32 @@ impl Config {
             ));
         }
         let database_pool_size =
-            positive("DATABASE_POOL_SIZE", var("DATABASE_POOL_SIZE"), 5)?.min(1000) as u32;
-        let step_timeout_ms = positive("STEP_TIMEOUT_MS", var("STEP_TIMEOUT_MS"), 1000)?;
+            positive("DATABASE_POOL_SIZE", var("DATABASE_POOL_SIZE"))?.min(1000) as u32;
+        let step_timeout_ms = positive("STEP_TIMEOUT_MS", var("STEP_TIMEOUT_MS"))?;
         let max_retry_ms = positive(
             "COMPENSATION_MAX_RETRY_MS",
             var("COMPENSATION_MAX_RETRY_MS"),
-            30_000,
         )?;
-        let initial_credits = non_negative("INITIAL_CREDITS", var("INITIAL_CREDITS"), 500)?;
-        let initial_stock = non_negative("INITIAL_STOCK", var("INITIAL_STOCK"), 500)?;
+        let initial_credits = non_negative("INITIAL_CREDITS", var("INITIAL_CREDITS"))?;
+        let initial_stock = non_negative("INITIAL_STOCK", var("INITIAL_STOCK"))?;
         let catalog = match var("PRODUCTS") {
             Some(v) => crate::catalog::Catalog::parse(&v).map_err(|e| err("PRODUCTS", &v, &e))?,
             None => crate::catalog::Catalog::single(initial_stock),
         };
-        let fault_injection = switch("FAULT_INJECTION", var("FAULT_INJECTION"), true)?;
-        let fault_stall_ms = positive(
+        let fault_injection = switch("FAULT_INJECTION", var("FAULT_INJECTION"))?;
+        let fault_stall_ms = positive_or(
             "FAULT_STALL_MS",
             var("FAULT_STALL_MS"),
             step_timeout_ms.saturating_mul(2),
         )?;
-        let shutdown_ms = positive("SHUTDOWN_TIMEOUT_MS", var("SHUTDOWN_TIMEOUT_MS"), 10_000)?;
-        let idempotency_ms = positive(
-            "IDEMPOTENCY_KEY_TTL_MS",
-            var("IDEMPOTENCY_KEY_TTL_MS"),
-            24 * 60 * 60 * 1000,
-        )?;
+        let shutdown_ms = positive("SHUTDOWN_TIMEOUT_MS", var("SHUTDOWN_TIMEOUT_MS"))?;
+        let idempotency_ms = positive("IDEMPOTENCY_KEY_TTL_MS", var("IDEMPOTENCY_KEY_TTL_MS"))?;
         let max_sagas_in_flight =
-            positive("MAX_SAGAS_IN_FLIGHT", var("MAX_SAGAS_IN_FLIGHT"), 256)? as usize;
-        let max_backlog = positive("MAX_BACKLOG", var("MAX_BACKLOG"), 50_000)? as usize;
+            positive("MAX_SAGAS_IN_FLIGHT", var("MAX_SAGAS_IN_FLIGHT"))? as usize;
+        let max_backlog = positive("MAX_BACKLOG", var("MAX_BACKLOG"))? as usize;
         let admin_token = admin_token(var("ADMIN_TOKEN"), var("ADMIN_TOKEN_FILE"))?;
         let all_transaction_limit =
-            positive("ALL_TRANSACTION_LIMIT", var("ALL_TRANSACTION_LIMIT"), 1000)?;
+            positive("ALL_TRANSACTION_LIMIT", var("ALL_TRANSACTION_LIMIT"))?;
         let metrics_addr = var("METRICS_ADDR")
             .map(|v| {
                 v.trim()
@@ -378,20 +369,15 @@ impl Config {
 fn http_limits(
     var: &impl Fn(&str) -> Option<String>,
 ) -> Result<crate::http_server::Limits, ConfigError> {
-    let d = crate::http_server::Limits::default();
-    let ms = |name: &'static str, default: Duration| {
-        positive(name, var(name), default.as_millis() as i64)
-            .map(|v| Duration::from_millis(v as u64))
-    };
-    let count = |name: &'static str, default: usize| {
-        positive(name, var(name), default as i64).map(|v| v.min(1_000_000) as usize)
-    };
+    let ms =
+        |name: &'static str| positive(name, var(name)).map(|v| Duration::from_millis(v as u64));
+    let count = |name: &'static str| positive(name, var(name)).map(|v| v.min(1_000_000) as usize);
     Ok(crate::http_server::Limits {
-        header_timeout: ms("HTTP_HEADER_TIMEOUT_MS", d.header_timeout)?,
-        body_timeout: ms("HTTP_BODY_TIMEOUT_MS", d.body_timeout)?,
-        idle_timeout: ms("HTTP_IDLE_TIMEOUT_MS", d.idle_timeout)?,
-        max_connections: count("HTTP_MAX_CONNECTIONS", d.max_connections)?,
-        max_requests_in_flight: count("HTTP_MAX_REQUESTS_IN_FLIGHT", d.max_requests_in_flight)?,
+        header_timeout: ms("HTTP_HEADER_TIMEOUT_MS")?,
+        body_timeout: ms("HTTP_BODY_TIMEOUT_MS")?,
+        idle_timeout: ms("HTTP_IDLE_TIMEOUT_MS")?,
+        max_connections: count("HTTP_MAX_CONNECTIONS")?,
+        max_requests_in_flight: count("HTTP_MAX_REQUESTS_IN_FLIGHT")?,
     })
 }
 
@@ -402,11 +388,11 @@ fn rate_limit(
     burst: Option<String>,
 ) -> Result<Option<crate::rate_limit::RateLimit>, ConfigError> {
     const MAX: i64 = 1_000_000;
-    let per_second = non_negative("PURCHASE_RATE_LIMIT", rate, 0)?.min(MAX);
+    let per_second = non_negative_or("PURCHASE_RATE_LIMIT", rate, 0)?.min(MAX);
     if per_second == 0 {
         return Ok(None);
     }
-    let burst = positive("PURCHASE_RATE_BURST", burst, per_second)?.min(MAX);
+    let burst = positive_or("PURCHASE_RATE_BURST", burst, per_second)?.min(MAX);
     Ok(Some(crate::rate_limit::RateLimit {
         per_second: per_second as u32,
         burst: burst as u32,
@@ -539,7 +525,60 @@ where
     }
 }
 
-fn positive(name: &'static str, raw: Option<String>, default: i64) -> Result<i64, ConfigError> {
+/// The default [`VARIABLES`] documents for `name`: the one place a default is written
+/// (a variable read with its documented default must be listed there).
+fn documented(name: &'static str) -> String {
+    VARIABLES
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, default, _)| default.to_string())
+        .unwrap_or_else(|| panic!("{name} is not documented in VARIABLES"))
+}
+
+/// `raw`, or the documented default, parsed.
+fn documented_parse<T: std::str::FromStr>(
+    name: &'static str,
+    raw: Option<String>,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let value = raw.unwrap_or_else(|| documented(name));
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| err(name, &value, &e.to_string()))
+}
+
+/// A positive integer, by default the documented one.
+fn positive(name: &'static str, raw: Option<String>) -> Result<i64, ConfigError> {
+    let v: i64 = documented_parse(name, raw.clone())?;
+    if v <= 0 {
+        return Err(err(
+            name,
+            &raw.unwrap_or_default(),
+            "must be a positive integer",
+        ));
+    }
+    Ok(v)
+}
+
+/// A non-negative integer, by default the documented one.
+fn non_negative(name: &'static str, raw: Option<String>) -> Result<i64, ConfigError> {
+    let v: i64 = documented_parse(name, raw.clone())?;
+    if v < 0 {
+        return Err(err(name, &raw.unwrap_or_default(), "must not be negative"));
+    }
+    Ok(v)
+}
+
+/// On or off, by default the documented one.
+fn switch(name: &'static str, raw: Option<String>) -> Result<bool, ConfigError> {
+    switch_or(name, Some(raw.unwrap_or_else(|| documented(name))), false)
+}
+
+/// A positive integer whose default is computed (documented as a formula).
+fn positive_or(name: &'static str, raw: Option<String>, default: i64) -> Result<i64, ConfigError> {
     let v = parse(name, raw.clone(), default)?;
     if v <= 0 {
         return Err(err(
@@ -551,7 +590,12 @@ fn positive(name: &'static str, raw: Option<String>, default: i64) -> Result<i64
     Ok(v)
 }
 
-fn non_negative(name: &'static str, raw: Option<String>, default: i64) -> Result<i64, ConfigError> {
+/// A non-negative integer whose default is documented in words.
+fn non_negative_or(
+    name: &'static str,
+    raw: Option<String>,
+    default: i64,
+) -> Result<i64, ConfigError> {
     let v = parse(name, raw.clone(), default)?;
     if v < 0 {
         return Err(err(name, &raw.unwrap_or_default(), "must not be negative"));
@@ -559,7 +603,7 @@ fn non_negative(name: &'static str, raw: Option<String>, default: i64) -> Result
     Ok(v)
 }
 
-fn switch(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
+fn switch_or(name: &'static str, raw: Option<String>, default: bool) -> Result<bool, ConfigError> {
     match raw.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
         None => Ok(default),
         Some(v) => match v.as_str() {

@@ -97,18 +97,6 @@ pub struct Limits {
     pub max_requests_in_flight: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            header_timeout: Duration::from_millis(5_000),
-            body_timeout: Duration::from_millis(10_000),
-            idle_timeout: Duration::from_millis(60_000),
-            max_connections: 1024,
-            max_requests_in_flight: 512,
-        }
-    }
-}
-
 /// The largest request head (request line and headers) accepted, in bytes: more is `431`.
 /// Browsers and proxies keep theirs to a few KiB; hyper's default would be about 400 KiB.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -648,6 +636,13 @@ pub fn document_limits(doc: &mut utoipa::openapi::OpenApi) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limits `Config` documents as defaults.
+    fn documented_limits() -> Limits {
+        crate::config::Config::from_lookup(|_| None)
+            .expect("the defaults are valid")
+            .http
+    }
     use axum::routing::{get, post};
     use std::convert::Infallible;
 
@@ -743,7 +738,7 @@ mod tests {
             .route("/healthz", get(|| async { "ok" }));
         let limits = Limits {
             max_requests_in_flight: 1,
-            ..Limits::default()
+            ..documented_limits()
         };
         let router = limit_requests(router, &limits);
         let slow = tokio::spawn({
@@ -794,7 +789,7 @@ mod tests {
         );
         let limits = Limits {
             body_timeout: Duration::from_millis(50),
-            ..Limits::default()
+            ..documented_limits()
         };
         let router = limit_requests(router, &limits);
         // A body whose client sends half of it, then nothing.
@@ -874,7 +869,7 @@ mod tests {
             .route("/closed", get(closed));
         let limits = Limits {
             idle_timeout: Duration::from_millis(100),
-            ..Limits::default()
+            ..documented_limits()
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
