@@ -185,6 +185,14 @@ impl Db {
         self.outbox_wake.notify_one();
     }
 
+    /// Commits `tx`, which wrote to the outbox rows not handed over ([`Db::hand_to_relay`]),
+    /// and wakes the relay to publish them.
+    pub async fn commit_and_wake(&self, tx: Tx) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.wake_outbox();
+        Ok(())
+    }
+
     /// Hands rows a transaction just committed to the outbox to the relay, which publishes
     /// them at once. Only after the commit: the relay may publish them immediately.
     pub fn hand_to_relay(&self, rows: Vec<Pending>) {

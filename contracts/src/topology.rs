@@ -33,12 +33,19 @@ pub const RK_PLACE_ORDER: &str = "manager.place-order";
 pub const RK_STEP_REPLY: &str = "manager.step-reply";
 pub const RK_DEAD_LETTERED: &str = "manager.dead-lettered";
 pub const RK_RESTOCK: &str = "inventory.restock";
+/// The commands for each worker ([`command_key`]).
+pub const RK_COMMAND_ORDER: &str = "command.order";
+pub const RK_COMMAND_PAYMENT: &str = "command.payment";
+pub const RK_COMMAND_INVENTORY: &str = "command.inventory";
+pub const RK_COMMAND_DELIVERY: &str = "command.delivery";
 /// Routing keys on [`EVENTS_EXCHANGE`].
 pub const RK_ORDER_UPDATED: &str = "event.order-updated";
 pub const RK_CREDITS_CHANGED: &str = "event.credits-changed";
 pub const RK_STOCK_CHANGED: &str = "event.stock-changed";
 /// Several events in one message ([`crate::messages::Events`]).
 pub const RK_EVENTS: &str = "event.batch";
+/// What the backend's event queue takes: every routing key above on [`EVENTS_EXCHANGE`].
+pub const RK_ALL_EVENTS: &str = "event.#";
 
 /// How many times a message may be delivered before the broker dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 5;
@@ -46,10 +53,10 @@ pub const DELIVERY_LIMIT: i64 = 5;
 /// The routing key of the commands for a worker.
 pub fn command_key(worker: Worker) -> &'static str {
     match worker {
-        Worker::Order => "command.order",
-        Worker::Payment => "command.payment",
-        Worker::Inventory => "command.inventory",
-        Worker::Delivery => "command.delivery",
+        Worker::Order => RK_COMMAND_ORDER,
+        Worker::Payment => RK_COMMAND_PAYMENT,
+        Worker::Inventory => RK_COMMAND_INVENTORY,
+        Worker::Delivery => RK_COMMAND_DELIVERY,
     }
 }
 
@@ -93,25 +100,25 @@ pub const QUEUES: &[QueueSpec] = &[
     QueueSpec {
         name: ORDER_QUEUE,
         exchange: EXCHANGE,
-        bindings: &["command.order"],
+        bindings: &[RK_COMMAND_ORDER],
         dead_letters: true,
     },
     QueueSpec {
         name: PAYMENT_QUEUE,
         exchange: EXCHANGE,
-        bindings: &["command.payment"],
+        bindings: &[RK_COMMAND_PAYMENT],
         dead_letters: true,
     },
     QueueSpec {
         name: INVENTORY_QUEUE,
         exchange: EXCHANGE,
-        bindings: &["command.inventory"],
+        bindings: &[RK_COMMAND_INVENTORY],
         dead_letters: true,
     },
     QueueSpec {
         name: DELIVERY_QUEUE,
         exchange: EXCHANGE,
-        bindings: &["command.delivery"],
+        bindings: &[RK_COMMAND_DELIVERY],
         dead_letters: true,
     },
     QueueSpec {
@@ -123,7 +130,7 @@ pub const QUEUES: &[QueueSpec] = &[
     QueueSpec {
         name: BACKEND_EVENTS_QUEUE,
         exchange: EVENTS_EXCHANGE,
-        bindings: &["event.#"],
+        bindings: &[RK_ALL_EVENTS],
         dead_letters: true,
     },
     QueueSpec {

@@ -49,8 +49,7 @@ impl Handler for DeadLetterConsumer {
             )
             .await?;
         }
-        tx.commit().await?;
-        self.db.wake_outbox();
+        self.db.commit_and_wake(tx).await?;
         let queue = letter.queue.as_deref().unwrap_or("unknown");
         self.metrics.dead_letters.with_label_values(&[queue]).inc();
         Ok(())

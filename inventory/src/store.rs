@@ -53,8 +53,9 @@ pub async fn stock_products(db: &Db, catalog: &Catalog) -> anyhow::Result<()> {
     if let Some(message) = worker::events_message(events, &cx)? {
         outbox::enqueue_pending(&mut tx, &message).await?;
     }
-    tx.commit().await.context("stocking the products")?;
-    db.wake_outbox();
+    db.commit_and_wake(tx)
+        .await
+        .context("stocking the products")?;
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod metrics;
 pub use saga;
 mod store;
 mod timers;
+mod trace;
 
 use std::{sync::Arc, time::Duration};
 
