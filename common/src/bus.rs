@@ -510,9 +510,8 @@ pub struct Publisher {
     channel: Option<(Channel, Arc<Connection>)>,
 }
 
-/// How long a publisher waits for the broker to open its channel, and the relay for the
-/// confirms of a batch, before it takes the channel for lost (the rows stay in the outbox).
-pub const BROKER_ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long a publisher waits for the broker to open its channel before it tries again.
+const CHANNEL_OPEN_WAIT: Duration = Duration::from_secs(10);
 
 impl Publisher {
     pub fn new(broker: Broker) -> Self {
@@ -542,7 +541,7 @@ impl Publisher {
                     .await?;
                 anyhow::Ok(channel)
             };
-            let channel = tokio::time::timeout(BROKER_ANSWER_WAIT, open)
+            let channel = tokio::time::timeout(CHANNEL_OPEN_WAIT, open)
                 .await
                 .context("no answer to opening a channel")??;
             self.channel = Some((channel, conn));
@@ -564,9 +563,7 @@ impl Publisher {
     /// Publishes every message without waiting for the broker's confirms: they are awaited
     /// with [`Sent::confirmed`], while the next messages are published.
     pub async fn send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
-        let result = tokio::time::timeout(BROKER_ANSWER_WAIT, self.try_send_all(batch))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer to publishing")));
+        let result = self.try_send_all(batch).await;
         if result.is_err() {
             self.channel = None;
         }
@@ -575,7 +572,10 @@ impl Publisher {
 
     async fn try_send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
         let service = self.broker.service.clone();
-        let channel = self.channel().await?;
+        self.channel().await?;
+        let (channel, conn) = self.channel.as_ref().expect("opened above");
+        let lost = self.broker.superseded(conn);
+        tokio::pin!(lost);
         let mut confirms = Vec::with_capacity(batch.len());
         for m in batch {
             let span = publish_span(&service, m);
@@ -596,18 +596,20 @@ impl Publisher {
                 }
                 props = props.with_headers(headers);
             }
-            let confirm = channel
-                .basic_publish(
-                    m.exchange.clone().into(),
-                    m.routing_key.clone().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    m.payload.as_bytes(),
-                    props,
-                )
-                .await?;
+            let publish = channel.basic_publish(
+                m.exchange.clone().into(),
+                m.routing_key.clone().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                m.payload.as_bytes(),
+                props,
+            );
+            let confirm = tokio::select! {
+                published = publish => published?,
+                _ = &mut lost => anyhow::bail!("the connection was lost while publishing"),
+            };
             confirms.push(Sending {
                 id: m.id.clone(),
                 routing_key: m.routing_key.clone(),
@@ -615,13 +617,20 @@ impl Publisher {
                 span,
             });
         }
-        Ok(Sent { confirms })
+        Ok(Sent {
+            confirms,
+            broker: self.broker.clone(),
+            conn: conn.clone(),
+        })
     }
 }
 
 /// Messages published and not yet confirmed.
 pub struct Sent {
     confirms: Vec<Sending>,
+    /// The connection they were published on, whose loss ends the wait for their confirms.
+    broker: Broker,
+    conn: Arc<Connection>,
 }
 
 struct Sending {
@@ -638,39 +647,49 @@ impl Sent {
     }
 
     /// Waits for the broker's confirms and returns the ids it confirmed and routed; an
-    /// error when they do not all come within [`BROKER_ANSWER_WAIT`].
+    /// error when the connection is lost first (however slow, a live broker's confirms are
+    /// waited for: giving up early would publish the rows twice).
     pub async fn confirmed(self) -> anyhow::Result<Vec<String>> {
-        tokio::time::timeout(BROKER_ANSWER_WAIT, self.await_confirms())
-            .await
-            .context("no confirm from the broker")?
-    }
-
-    async fn await_confirms(self) -> anyhow::Result<Vec<String>> {
-        let mut confirmed = Vec::with_capacity(self.confirms.len());
-        for Sending {
-            id,
-            routing_key,
-            confirm,
-            span,
-        } in self.confirms
-        {
-            match confirm.await? {
-                Confirmation::Ack(None) => confirmed.push(id),
-                Confirmation::Ack(Some(_returned)) => {
-                    span.set_error("unroutable");
-                    tracing::error!(%routing_key, %id, "message was unroutable; kept in the outbox")
-                }
-                Confirmation::Nack(_) => {
-                    span.set_error("refused by the broker");
-                    tracing::warn!(%id, "broker refused the message; kept in the outbox")
-                }
-                Confirmation::NotRequested => {
-                    anyhow::bail!("publisher confirms are off on this channel")
-                }
+        let Sent {
+            confirms,
+            broker,
+            conn,
+        } = self;
+        tokio::select! {
+            confirmed = await_confirms(confirms) => confirmed,
+            _ = broker.superseded(&conn) => {
+                anyhow::bail!("the connection was lost before the broker confirmed")
             }
         }
-        Ok(confirmed)
     }
+}
+
+/// The ids among `confirms` the broker confirmed and routed.
+async fn await_confirms(confirms: Vec<Sending>) -> anyhow::Result<Vec<String>> {
+    let mut confirmed = Vec::with_capacity(confirms.len());
+    for Sending {
+        id,
+        routing_key,
+        confirm,
+        span,
+    } in confirms
+    {
+        match confirm.await? {
+            Confirmation::Ack(None) => confirmed.push(id),
+            Confirmation::Ack(Some(_returned)) => {
+                span.set_error("unroutable");
+                tracing::error!(%routing_key, %id, "message was unroutable; kept in the outbox")
+            }
+            Confirmation::Nack(_) => {
+                span.set_error("refused by the broker");
+                tracing::warn!(%id, "broker refused the message; kept in the outbox")
+            }
+            Confirmation::NotRequested => {
+                anyhow::bail!("publisher confirms are off on this channel")
+            }
+        }
+    }
+    Ok(confirmed)
 }
 
 /// The producer span of one publish (messaging semantic conventions), child of the context
