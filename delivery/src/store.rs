@@ -4,7 +4,7 @@ use common::{db::Tx, messages::StepCommand, rows::DeliveryStatus, time::now_ms};
 use sqlx::Row;
 
 /// Inserts the order's delivery row with `status`; false when one existed (see
-/// payment/src/store.rs for why the first writer decides).
+/// payment/src/logic.rs for why the first writer decides).
 pub(crate) async fn claim(
     tx: &mut Tx,
     cmd: &StepCommand,
