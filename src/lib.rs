@@ -31,6 +31,19 @@ pub fn services() -> impl Iterator<Item = &'static str> {
     TARGETS.iter().map(|(t, _)| *t).filter(|t| *t != "all")
 }
 
+/// A step worker's `start`.
+type StartWorker =
+    fn(Config, Shutdown) -> futures::future::BoxFuture<'static, anyhow::Result<Running>>;
+
+/// The step workers, started first: they consume the others' messages, so nothing waits
+/// in a queue needlessly.
+const WORKERS: [(&str, StartWorker); 4] = [
+    ("order", |c, s| Box::pin(order::start(c, s))),
+    ("payment", |c, s| Box::pin(payment::start(c, s))),
+    ("inventory", |c, s| Box::pin(inventory::start(c, s))),
+    ("delivery", |c, s| Box::pin(delivery::start(c, s))),
+];
+
 /// Runs `target` until `shutdown`, serving HTTP on `listener`, then drains within
 /// `config.shutdown_timeout`.
 pub async fn serve(
@@ -47,67 +60,12 @@ pub async fn serve(
     // says which and how; an unreachable broker does not (the services wait for it).
     common::bus::verify_topology_at_start(&config.amqp_url, std::time::Duration::from_secs(3))
         .await?;
-    let everything = target == "all";
-    let wants = |name: &str| everything || target == name;
+    let wants = |name: &str| target == "all" || target == name;
+    let (services, router) = start_services(&wants, &config, &shutdown).await?;
 
-    let mut services: Vec<Running> = Vec::new();
-    let mut router = axum::Router::new();
-    // Consumers of other services' messages first, so nothing waits in a queue needlessly.
-    if wants("order") {
-        services.push(
-            order::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting order")?,
-        );
-    }
-    if wants("payment") {
-        services.push(
-            payment::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting payment")?,
-        );
-    }
-    if wants("inventory") {
-        services.push(
-            inventory::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting inventory")?,
-        );
-    }
-    if wants("delivery") {
-        services.push(
-            delivery::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting delivery")?,
-        );
-    }
-    if wants("dead-letter") {
-        let (running, api) = dead_letter::start(config.clone(), shutdown.clone())
-            .await
-            .context("starting dead-letter")?;
-        services.push(running);
-        router = router.merge(config.admin_token.guard(api));
-    }
-    if wants("manager") {
-        services.push(
-            manager::start(config.clone(), shutdown.clone())
-                .await
-                .context("starting manager")?,
-        );
-    }
-    if wants("backend") {
-        // The audit reads every service's store; it is served beside the backend's API.
-        let docs = vec![audit::openapi(), dead_letter::openapi()];
-        router = router.merge(audit::router(config.clone()));
-        let (running, api) = backend::start(config.clone(), shutdown.clone(), docs)
-            .await
-            .context("starting backend")?;
-        services.push(running);
-        router = router.merge(api);
-    }
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let readiness: Vec<_> = services.iter().map(|s| s.readiness.clone()).collect();
-    router = router.merge(health::probes(readiness.clone()));
+    let mut router = router.merge(health::probes(readiness.clone()));
     // /metrics beside the API, or on a listener of its own (a scrape network).
     let metrics_http = match config.metrics_addr {
         None => {
@@ -115,18 +73,7 @@ pub async fn serve(
             None
         }
         Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("METRICS_ADDR={addr}: cannot listen"))?;
-            tracing::info!(addr = %addr, "metrics listening");
-            let app = health::metrics_router(readiness, metrics.clone());
-            // The same timeouts and connection bound as the API's listener.
-            Some(tokio::spawn(common::http_server::serve(
-                listener,
-                app,
-                config.http.clone(),
-                shutdown.clone(),
-            )))
+            Some(serve_metrics_apart(addr, readiness, &metrics, &config, &shutdown).await?)
         }
     };
     // The bound on requests in flight and the body timeout, inside the metrics layer so
@@ -168,4 +115,69 @@ pub async fn serve(
             "work still in flight after SHUTDOWN_TIMEOUT_MS; exiting anyway (unacked messages will be redelivered)"
         ),
     }
+}
+
+/// Starts the services `wants` names, the workers first, and merges their routes.
+async fn start_services(
+    wants: &impl Fn(&str) -> bool,
+    config: &Config,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Vec<Running>, axum::Router)> {
+    let mut services: Vec<Running> = Vec::new();
+    let mut router = axum::Router::new();
+    for (name, start) in WORKERS {
+        if wants(name) {
+            let running = start(config.clone(), shutdown.clone())
+                .await
+                .with_context(|| format!("starting {name}"))?;
+            services.push(running);
+        }
+    }
+    if wants("dead-letter") {
+        let (running, api) = dead_letter::start(config.clone(), shutdown.clone())
+            .await
+            .context("starting dead-letter")?;
+        services.push(running);
+        router = router.merge(config.admin_token.guard(api));
+    }
+    if wants("manager") {
+        services.push(
+            manager::start(config.clone(), shutdown.clone())
+                .await
+                .context("starting manager")?,
+        );
+    }
+    if wants("backend") {
+        // The audit reads every service's store; it is served beside the backend's API.
+        let docs = vec![audit::openapi(), dead_letter::openapi()];
+        router = router.merge(audit::router(config.clone()));
+        let (running, api) = backend::start(config.clone(), shutdown.clone(), docs)
+            .await
+            .context("starting backend")?;
+        services.push(running);
+        router = router.merge(api);
+    }
+    Ok((services, router))
+}
+
+/// `/metrics` on a listener of its own (`METRICS_ADDR`), with the API listener's timeouts
+/// and connection bound.
+async fn serve_metrics_apart(
+    addr: std::net::SocketAddr,
+    readiness: Vec<common::service::Readiness>,
+    metrics: &std::sync::Arc<common::metrics::Metrics>,
+    config: &Config,
+    shutdown: &Shutdown,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("METRICS_ADDR={addr}: cannot listen"))?;
+    tracing::info!(addr = %addr, "metrics listening");
+    let app = health::metrics_router(readiness, metrics.clone());
+    Ok(tokio::spawn(common::http_server::serve(
+        listener,
+        app,
+        config.http.clone(),
+        shutdown.clone(),
+    )))
 }
