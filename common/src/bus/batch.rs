@@ -123,12 +123,9 @@ struct Batches<'a, H> {
 }
 
 impl<H: BatchHandler> Batches<'_, H> {
-    async fn run(self, conn: &Arc<Connection>) -> anyhow::Result<()> {
+    async fn run(self, conn: &Connection) -> anyhow::Result<()> {
         let queue = self.queue;
-        let lost = self.broker.superseded(conn);
-        tokio::pin!(lost);
-        let (channel, tag, mut consumer) =
-            subscribe(conn, queue, self.options.prefetch, &mut lost).await?;
+        let (channel, tag, mut consumer) = subscribe(conn, queue, self.options.prefetch).await?;
         // Messages handled apart and not yet acked: while there are any, a multiple-ack
         // would acknowledge them too, so batches are then acked one by one.
         let apart = Arc::new(AtomicUsize::new(0));
@@ -136,14 +133,12 @@ impl<H: BatchHandler> Batches<'_, H> {
             let room = match &self.options.room {
                 Some(room) => tokio::select! {
                     _ = self.shutdown.cancelled() => break,
-                    _ = &mut lost => anyhow::bail!("the connection of the consumer of {queue} was lost"),
                     free = room.free() => free,
                 },
                 None => usize::MAX,
             };
             let first = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = &mut lost => anyhow::bail!("the connection of the consumer of {queue} was lost"),
                 next = consumer.next() => next,
             };
             let mut deliveries = vec![first];
