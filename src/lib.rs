@@ -3,7 +3,13 @@
 //! directly to run the whole system in-process.
 
 use anyhow::Context;
-use common::{config::Config, health, service::Running, shutdown::Shutdown};
+use common::{
+    config::Config,
+    health,
+    service::Running,
+    shutdown::Shutdown,
+    targets::{Service, Target},
+};
 use tokio::net::TcpListener;
 
 pub mod audit;
@@ -11,24 +17,9 @@ mod cli;
 pub mod import;
 pub mod loadgen;
 
-/// Every target and what it runs.
-pub const TARGETS: &[(&str, &str)] = &[
-    ("all", "every service below in one process (default)"),
-    ("backend", "HTTP API, Swagger UI, read models, analytics"),
-    ("manager", "saga orchestrator"),
-    ("order", "order worker"),
-    ("payment", "payment worker (users' credits)"),
-    (
-        "inventory",
-        "inventory worker (stock per product of the catalog, restocks)",
-    ),
-    ("delivery", "delivery worker"),
-    ("dead-letter", "dead-letter store"),
-];
-
-/// Every service: the targets but `all`, each with a store of its own.
+/// Every service: each target but `all`, each with a store of its own.
 pub fn services() -> impl Iterator<Item = &'static str> {
-    TARGETS.iter().map(|(t, _)| *t).filter(|t| *t != "all")
+    Service::ALL.into_iter().map(Service::name)
 }
 
 /// A step worker's `start`.
@@ -37,31 +28,27 @@ type StartWorker =
 
 /// The step workers, started first: they consume the others' messages, so nothing waits
 /// in a queue needlessly.
-const WORKERS: [(&str, StartWorker); 4] = [
-    ("order", |c, s| Box::pin(order::start(c, s))),
-    ("payment", |c, s| Box::pin(payment::start(c, s))),
-    ("inventory", |c, s| Box::pin(inventory::start(c, s))),
-    ("delivery", |c, s| Box::pin(delivery::start(c, s))),
+const WORKERS: [(Service, StartWorker); 4] = [
+    (Service::Order, |c, s| Box::pin(order::start(c, s))),
+    (Service::Payment, |c, s| Box::pin(payment::start(c, s))),
+    (Service::Inventory, |c, s| Box::pin(inventory::start(c, s))),
+    (Service::Delivery, |c, s| Box::pin(delivery::start(c, s))),
 ];
 
-/// Runs `target` until `shutdown`, serving HTTP on `listener`, then drains within
-/// `config.shutdown_timeout`.
+/// Runs `target` (`all` or a service's name) until `shutdown`, serving HTTP on `listener`,
+/// then drains within `config.shutdown_timeout`.
 pub async fn serve(
     target: &str,
     config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        TARGETS.iter().any(|(t, _)| *t == target),
-        "unknown target {target:?}"
-    );
+    let target = Target::parse(target).with_context(|| format!("unknown target {target:?}"))?;
     // A queue declared differently by someone else stops the start with a message that
     // says which and how; an unreachable broker does not (the services wait for it).
     common::bus::verify_topology_at_start(&config.amqp_url, std::time::Duration::from_secs(3))
         .await?;
-    let wants = |name: &str| target == "all" || target == name;
-    let (services, router) = start_services(&wants, &config, &shutdown).await?;
+    let (services, router) = start_services(target, &config, &shutdown).await?;
 
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let readiness: Vec<_> = services.iter().map(|s| s.readiness.clone()).collect();
@@ -82,8 +69,10 @@ pub async fn serve(
     // Last: the layer counts the routes that exist when it is added.
     let router = common::metrics::track_http(router, metrics);
 
-    tracing::info!(target, addr = %listener.local_addr()?, "marketplace listening");
-    if !config.admin_token.is_set() && (wants("backend") || wants("dead-letter")) {
+    tracing::info!(%target, addr = %listener.local_addr()?, "marketplace listening");
+    if !config.admin_token.is_set()
+        && (target.runs(Service::Backend) || target.runs(Service::DeadLetter))
+    {
         tracing::info!(
             "ADMIN_TOKEN is not set: operator endpoints (/api/audit, /api/dead-letters, fault flags) answer loopback clients only"
         );
@@ -117,37 +106,37 @@ pub async fn serve(
     }
 }
 
-/// Starts the services `wants` names, the workers first, and merges their routes.
+/// Starts the services of `target`, the workers first, and merges their routes.
 async fn start_services(
-    wants: &impl Fn(&str) -> bool,
+    target: Target,
     config: &Config,
     shutdown: &Shutdown,
 ) -> anyhow::Result<(Vec<Running>, axum::Router)> {
     let mut services: Vec<Running> = Vec::new();
     let mut router = axum::Router::new();
     for (name, start) in WORKERS {
-        if wants(name) {
+        if target.runs(name) {
             let running = start(config.clone(), shutdown.clone())
                 .await
                 .with_context(|| format!("starting {name}"))?;
             services.push(running);
         }
     }
-    if wants("dead-letter") {
+    if target.runs(Service::DeadLetter) {
         let (running, api) = dead_letter::start(config.clone(), shutdown.clone())
             .await
             .context("starting dead-letter")?;
         services.push(running);
         router = router.merge(config.admin_token.guard(api));
     }
-    if wants("manager") {
+    if target.runs(Service::Manager) {
         services.push(
             manager::start(config.clone(), shutdown.clone())
                 .await
                 .context("starting manager")?,
         );
     }
-    if wants("backend") {
+    if target.runs(Service::Backend) {
         // The audit reads every service's store; it is served beside the backend's API.
         let docs = vec![audit::openapi(), dead_letter::openapi()];
         router = router.merge(audit::router(config.clone()));

@@ -4,15 +4,15 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use common::targets::Target;
 use common::{config::Config, shutdown::Shutdown};
-use marketplace::TARGETS;
 
 fn help() -> String {
     let mut s = String::from(
         "marketplace: a saga-orchestrated order marketplace over RabbitMQ\n\n\
          Usage: marketplace [TARGET]\n\nTargets:\n",
     );
-    for (name, what) in TARGETS {
+    for (name, what) in Target::documented() {
         s.push_str(&format!("  {name:<12} {what}\n"));
     }
     s.push_str("  healthcheck  exit 0 if the process on HTTP_ADDR is ready (for container health checks)\n");
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         [cmd, sub] if cmd == "analytics" && sub == "rebuild" => return rebuild_analytics(),
         [cmd, rest @ ..] if cmd == "loadgen" => return marketplace::loadgen::main(rest),
         [cmd, rest @ ..] if cmd == "import" => return marketplace::import::main(rest),
-        [t] if TARGETS.iter().any(|(name, _)| name == t) => t.clone(),
+        [t] if Target::parse(t).is_some() => t.clone(),
         _ => {
             eprintln!("marketplace: unknown arguments {args:?}\n\n{}", help());
             return ExitCode::from(2);

@@ -31,6 +31,7 @@ use std::{
     time::Duration,
 };
 
+use common::targets::Service;
 use common::{backoff::Backoff, db::Db, messages::OrderUpdated, metrics::Metrics, time::now_ms};
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
@@ -160,13 +161,15 @@ impl Feed {
         let dropped = |reason| {
             metrics
                 .order_stream_dropped
-                .with_label_values(&["backend", reason])
+                .with_label_values(&[Service::Backend.name(), reason])
         };
         let feed = Feed {
             inner: Arc::new(Inner {
                 db,
                 metrics: StreamMetrics {
-                    clients: metrics.order_stream_clients.with_label_values(&["backend"]),
+                    clients: metrics
+                        .order_stream_clients
+                        .with_label_values(&[Service::Backend.name()]),
                     stalled: dropped("stalled"),
                     lagged: dropped("lagged"),
                 },

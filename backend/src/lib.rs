@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use common::targets::Service;
 use common::{bus, bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, topology};
 
 pub mod analytics;
@@ -40,13 +41,13 @@ pub async fn start(
     shutdown: Shutdown,
     extra_docs: Vec<utoipa::openapi::OpenApi>,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
-    let db = Db::open(&config, "backend", &MIGRATIONS, &shutdown)
+    let db = Db::open(&config, Service::Backend.name(), &MIGRATIONS, &shutdown)
         .await
         .context("opening the backend database")?;
     analytics::catch_up(&db)
         .await
         .context("rebuilding the sales figures")?;
-    let broker = Broker::start(&config.amqp_url, "backend", shutdown.clone());
+    let broker = Broker::start(&config.amqp_url, Service::Backend.name(), shutdown.clone());
     // The projection wakes the feed's tailer after each commit that wrote feed rows.
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let feed = feed::Feed::start(db.clone(), &metrics);
@@ -69,7 +70,7 @@ pub async fn start(
         )),
     ];
     let app = api::router_with_feed(db.clone(), &config, extra_docs, feed);
-    let running = service::spawn("backend", db, broker, parts);
+    let running = service::spawn(Service::Backend.name(), db, broker, parts);
     Ok((running, app))
 }
 

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use common::targets::Service;
 use common::{
     bus::{BatchHandler, HandlerError, Incoming},
     db::{Db, Tx},
@@ -62,7 +63,7 @@ impl Projection {
     /// the delivery: a second call with the same id changes nothing.
     pub async fn apply(&self, message_id: &str, event: &Event) -> Result<(), HandlerError> {
         let _span = telemetry::transaction(
-            "backend",
+            Service::Backend.name(),
             self.db.system(),
             "projection",
             &Context::current(),
@@ -158,7 +159,12 @@ async fn apply_event(
 impl BatchHandler for Projection {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let decoded = batch.iter().map(events).collect::<Result<Vec<_>, _>>()?;
-        let _span = telemetry::transaction("backend", self.db.system(), "projection", &batch[0].cx);
+        let _span = telemetry::transaction(
+            Service::Backend.name(),
+            self.db.system(),
+            "projection",
+            &batch[0].cx,
+        );
         let mut tx = self.db.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
         let mut first = inbox::first_deliveries(&mut tx, &ids).await?;

@@ -2,7 +2,7 @@
 //! HTTP. The contracts (domain values, messages, topology, catalog) live in the `contracts`
 //! crate, which has no I/O; they are re-exported here under their old paths.
 
-pub use contracts::{catalog, domain, invariants, messages, rows, topology};
+pub use contracts::{catalog, domain, invariants, messages, rows, targets, topology};
 
 pub mod backoff;
 pub mod bus;

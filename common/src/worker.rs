@@ -3,6 +3,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use crate::targets::Service;
 use crate::{
     bus::{self, BatchHandler, BatchOptions, Broker, HandlerError, Incoming},
     db::{Db, Tx},
@@ -67,7 +68,7 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
                 continue;
             }
             // Each command's part of the transaction is a span of its own order's trace.
-            let service = worker_name(L::WORKER);
+            let service = Service::from(L::WORKER).name();
             let span = telemetry::transaction(service, self.db.system(), cmd.step.name(), &msg.cx);
             span.set_attribute(KeyValue::new(
                 "marketplace.order_id",
@@ -161,16 +162,6 @@ pub fn events_message(events: Vec<Event>, cx: &Context) -> Result<Option<Pending
     .map(Some)
 }
 
-/// The service name of a worker, as in logs, traces and the `marketplace` targets.
-pub fn worker_name(worker: Worker) -> &'static str {
-    match worker {
-        Worker::Order => "order",
-        Worker::Payment => "payment",
-        Worker::Inventory => "inventory",
-        Worker::Delivery => "delivery",
-    }
-}
-
 /// Commands a worker may hold unacked: enough to form large batches under load.
 const PREFETCH: u16 = 256;
 /// The most commands applied in one transaction.
@@ -197,24 +188,23 @@ pub fn consume<L: StepLogic>(
 
 /// Starts a step worker on its opened database: its command consumer and its outbox relay.
 pub fn spawn<L: StepLogic>(
-    name: &'static str,
     db: Db,
     logic: L,
     config: &crate::config::Config,
     shutdown: &Shutdown,
 ) -> crate::service::Running {
-    spawn_with(name, db, logic, config, shutdown, |_| Vec::new())
+    spawn_with(db, logic, config, shutdown, |_| Vec::new())
 }
 
 /// [`spawn`], with the worker's other consumers: `more` makes them on the worker's broker.
 pub fn spawn_with<L: StepLogic>(
-    name: &'static str,
     db: Db,
     logic: L,
     config: &crate::config::Config,
     shutdown: &Shutdown,
     more: impl FnOnce(&Broker) -> Vec<crate::service::Part>,
 ) -> crate::service::Running {
+    let name = Service::from(L::WORKER).name();
     let broker = Broker::start(&config.amqp_url, name, shutdown.clone());
     let handler = StepHandler {
         logic,
@@ -227,42 +217,4 @@ pub fn spawn_with<L: StepLogic>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        domain::Username,
-        messages::{CreditsChanged, StockChanged},
-    };
-
-    fn credits(user: &str, version: i64) -> Event {
-        Event::CreditsChanged(CreditsChanged {
-            username: Username::parse(user).unwrap(),
-            credits: 500 - version,
-            version,
-        })
-    }
-
-    fn stock(version: i64) -> Event {
-        Event::StockChanged(StockChanged {
-            product: "late_token".into(),
-            stock: 500 - version,
-            version,
-        })
-    }
-
-    #[test]
-    fn of_several_updates_of_one_balance_or_stock_only_the_newest_is_published() {
-        let batch = vec![
-            credits("ann", 1),
-            stock(4),
-            credits("bob", 7),
-            credits("ann", 3),
-            stock(5),
-            credits("ann", 2),
-        ];
-        assert_eq!(
-            newest_only(batch),
-            vec![credits("bob", 7), credits("ann", 3), stock(5)]
-        );
-    }
-}
+mod tests;

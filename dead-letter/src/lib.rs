@@ -11,6 +11,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use common::targets::Service;
 use common::{
     bus::{self, Broker},
     config::Config,
@@ -31,8 +32,12 @@ pub async fn start(
     config: Config,
     shutdown: Shutdown,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
-    let db = Db::open(&config, "dead-letter", &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(&config.amqp_url, "dead-letter", shutdown.clone());
+    let db = Db::open(&config, Service::DeadLetter.name(), &MIGRATIONS, &shutdown).await?;
+    let broker = Broker::start(
+        &config.amqp_url,
+        Service::DeadLetter.name(),
+        shutdown.clone(),
+    );
     let store = Arc::new(DeadLetterConsumer {
         db: db.clone(),
         metrics: broker.metrics().clone(),
@@ -46,7 +51,7 @@ pub async fn start(
     ))];
     let router = api::router(db.clone());
     let metrics = broker.metrics().clone();
-    let running = service::spawn("dead-letter", db, broker, parts).counting(
+    let running = service::spawn(Service::DeadLetter.name(), db, broker, parts).counting(
         &metrics.dead_letters_open,
         "SELECT COUNT(*) AS n FROM dead_letters WHERE resolved_at_ms IS NULL",
     );

@@ -4,6 +4,7 @@
 mod logic;
 mod store;
 
+use common::targets::Service;
 use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub use logic::Deliveries;
@@ -12,8 +13,6 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the delivery database and starts consuming delivery commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
-    let db = Db::open(&config, "delivery", &MIGRATIONS, &shutdown).await?;
-    Ok(worker::spawn(
-        "delivery", db, Deliveries, &config, &shutdown,
-    ))
+    let db = Db::open(&config, Service::Delivery.name(), &MIGRATIONS, &shutdown).await?;
+    Ok(worker::spawn(db, Deliveries, &config, &shutdown))
 }

@@ -8,6 +8,7 @@ mod store;
 
 use std::sync::Arc;
 
+use common::targets::Service;
 use common::{
     bus::{self, BatchOptions},
     config::Config,
@@ -29,12 +30,11 @@ const RESTOCK_BATCH: u16 = 16;
 /// Opens the inventory database (stocking the catalog's new products) and starts
 /// consuming inventory commands and restocks.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
-    let db = Db::open(&config, "inventory", &MIGRATIONS, &shutdown).await?;
+    let db = Db::open(&config, Service::Inventory.name(), &MIGRATIONS, &shutdown).await?;
     store::stock_products(&db, &config.catalog).await?;
     let restocks = Arc::new(Restocks { db: db.clone() });
     let stop = shutdown.clone();
     Ok(worker::spawn_with(
-        "inventory",
         db,
         Inventory,
         &config,

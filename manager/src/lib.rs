@@ -11,6 +11,7 @@ mod trace;
 
 use std::{sync::Arc, time::Duration};
 
+use common::targets::Service;
 use common::{
     bus::{self, BatchOptions, Broker},
     config::Config,
@@ -22,7 +23,7 @@ use common::{
     topology,
 };
 
-pub use handler::Manager;
+use handler::Manager;
 use saga::Timing;
 use timers::Timers;
 
@@ -34,8 +35,8 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Opens the manager's database, re-arms the deadline of every saga in flight, and starts
 /// consuming the manager queue.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
-    let db = Db::open(&config, "manager", &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(&config.amqp_url, "manager", shutdown.clone());
+    let db = Db::open(&config, Service::Manager.name(), &MIGRATIONS, &shutdown).await?;
+    let broker = Broker::start(&config.amqp_url, Service::Manager.name(), shutdown.clone());
     let timers = Timers::default();
     for (order_id, at) in store::all_deadlines(db.pool()).await? {
         timers.schedule(at, order_id);
@@ -98,10 +99,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         Box::pin(timer_loop),
         Box::pin(backstop),
     ];
-    Ok(service::spawn("manager", db, broker, parts).counting(
-        &metrics.sagas_in_flight,
-        "SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL",
-    ))
+    Ok(
+        service::spawn(Service::Manager.name(), db, broker, parts).counting(
+            &metrics.sagas_in_flight,
+            "SELECT COUNT(*) AS n FROM sagas WHERE deadline_ms IS NOT NULL",
+        ),
+    )
 }
 
 /// Every second, fires the deadlines the database says are due: those of a saga whose

@@ -7,6 +7,7 @@
 //! they open and kept in the saga (`SagaTrace`), so the timeline can show them at once and
 //! the spans are recorded, with their real start and end, when they close.
 
+use common::targets::Service;
 use common::{
     db::Db,
     messages::TimelineEvent,
@@ -73,7 +74,12 @@ pub(crate) fn command_context(saga: &Saga, step: common::messages::Step) -> Cont
 
 /// A span around the saga's transaction, in the order's trace even for a deadline.
 pub(crate) fn transaction_span(db: &Db, saga: &Saga, cx: &Context) -> telemetry::Span {
-    telemetry::transaction("manager", db.system(), "saga", &work_context(saga, cx))
+    telemetry::transaction(
+        Service::Manager.name(),
+        db.system(),
+        "saga",
+        &work_context(saga, cx),
+    )
 }
 
 /// Gives each timeline entry the transition added (from `old_len`) its span id: a `sent`
@@ -171,7 +177,7 @@ pub(crate) fn record_closed(closed: Vec<Closed>) {
     let at = |ms: i64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     for c in closed {
         telemetry::record(
-            "manager",
+            Service::Manager.name(),
             c.name,
             &c.parent,
             &c.span_id,

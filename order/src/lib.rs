@@ -4,6 +4,7 @@
 mod logic;
 mod store;
 
+use common::targets::Service;
 use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub use logic::Orders;
@@ -12,6 +13,6 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the order database and starts consuming order commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
-    let db = Db::open(&config, "order", &MIGRATIONS, &shutdown).await?;
-    Ok(worker::spawn("order", db, Orders, &config, &shutdown))
+    let db = Db::open(&config, Service::Order.name(), &MIGRATIONS, &shutdown).await?;
+    Ok(worker::spawn(db, Orders, &config, &shutdown))
 }

@@ -4,6 +4,7 @@
 mod logic;
 mod store;
 
+use common::targets::Service;
 use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -12,9 +13,8 @@ pub use logic::Payments;
 
 /// Opens the payment database and starts consuming payment commands.
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
-    let db = Db::open(&config, "payment", &MIGRATIONS, &shutdown).await?;
+    let db = Db::open(&config, Service::Payment.name(), &MIGRATIONS, &shutdown).await?;
     Ok(worker::spawn(
-        "payment",
         db,
         Payments {
             initial_credits: config.initial_credits,
