@@ -23,9 +23,8 @@ use futures::{FutureExt, StreamExt};
 use lapin::{Acker, Connection, options::BasicAckOptions};
 use tokio_util::task::TaskTracker;
 
-use super::{
-    Broker, Handler, HandlerError, Incoming, process_alone, process_span, subscribe, unsubscribe,
-};
+use super::consume::{process_alone, process_span, subscribe, unsubscribe};
+use super::{Broker, Handler, HandlerError, Incoming};
 use crate::{metrics::ConsumerMetrics, room::Room, shutdown::Shutdown, telemetry, topology};
 
 /// Handles several messages as one unit of work, typically one database transaction.
@@ -72,7 +71,7 @@ pub async fn consume_batches<H: BatchHandler>(
     let tracker = TaskTracker::new();
     let counters = broker.metrics.consumer(queue);
     // The single-message path: messages handled apart, and a failed batch's one by one.
-    let alone = Arc::new(super::Traced {
+    let alone = Arc::new(super::consume::Traced {
         inner: Arc::new(Alone(handler.clone())),
         service: broker.service.clone(),
         queue,
@@ -116,7 +115,7 @@ struct Batches<'a, H> {
     queue: &'static str,
     options: &'a BatchOptions,
     handler: &'a Arc<H>,
-    alone: &'a Arc<super::Traced<Alone<H>>>,
+    alone: &'a Arc<super::consume::Traced<Alone<H>>>,
     tracker: &'a TaskTracker,
     shutdown: &'a Shutdown,
     counters: &'a ConsumerMetrics,
