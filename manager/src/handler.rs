@@ -15,13 +15,14 @@
 use std::sync::Arc;
 
 use common::metrics::Metrics;
+use common::targets::Service;
 use common::{
     bus::{BatchHandler, Broker, HandlerError, Incoming},
     db::{Db, Tx},
     domain::OrderId,
     inbox,
-    messages::{DeadLettered, Event, Events, ManagerMessage, OrderUpdated, PlaceOrder},
-    outbox::{self, Pending},
+    messages::{DeadLettered, ManagerMessage, PlaceOrder},
+    outbox::Pending,
     room::Room,
     time::now_ms,
     topology,
@@ -31,27 +32,27 @@ use crate::{
     saga::{Input, Link, Saga, Timing, Transition},
     store,
     timers::Timers,
-    trace::{
-        Closed, annotate, begin_trace, command_context, record_closed, transaction_span,
-        work_context,
-    },
+    trace::{Closed, annotate, begin_trace},
 };
 use common::telemetry::{self, Context};
+
+mod commit;
+use commit::commands;
 
 /// How often a transition is retried when another writer moved the saga first.
 const MAX_CONFLICTS: usize = 16;
 
 #[derive(Clone)]
-pub struct Manager {
-    pub db: Db,
-    pub timing: Timing,
-    pub timers: Timers,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Manager {
+    pub(crate) db: Db,
+    pub(crate) timing: Timing,
+    pub(crate) timers: Timers,
+    pub(crate) metrics: Arc<Metrics>,
     /// The manager's own broker connection: a deadline does not count an outage of it.
-    pub broker: Broker,
+    pub(crate) broker: Broker,
     /// The sagas in flight, against their bound: a new order is taken from its queue only
     /// when there is room for its saga.
-    pub room: Arc<Room>,
+    pub(crate) room: Arc<Room>,
 }
 
 /// A transition decided inside a transaction, and what is left to do once it commits.
@@ -90,8 +91,12 @@ impl BatchHandler for Manager {
             let work = self.handle_one(msg, message.clone());
             return telemetry::FutureExt::with_context(work, msg.cx.clone()).await;
         }
-        let _tx_span =
-            telemetry::transaction("manager", self.db.system(), "saga batch", &batch[0].cx);
+        let _tx_span = telemetry::transaction(
+            Service::Manager.name(),
+            self.db.system(),
+            "saga batch",
+            &batch[0].cx,
+        );
         let mut tx = self.db.begin().await?;
         let ids: Vec<&str> = batch.iter().map(|m| m.message_id.as_str()).collect();
         let mut first = inbox::first_deliveries(&mut tx, &ids).await?;
@@ -178,7 +183,8 @@ impl Manager {
     /// Starts a saga. A second PlaceOrder for the same order changes nothing.
     async fn place(&self, message_id: &str, place: PlaceOrder) -> Result<(), HandlerError> {
         let cx = Context::current();
-        let _tx_span = telemetry::transaction("manager", self.db.system(), "saga", &cx);
+        let _tx_span =
+            telemetry::transaction(Service::Manager.name(), self.db.system(), "saga", &cx);
         let mut tx = self.db.begin().await?;
         let outcome = if inbox::first_delivery(&mut tx, message_id).await? {
             self.start(&mut tx, place, &cx).await?
@@ -281,7 +287,7 @@ impl Manager {
     }
 
     /// Feeds one input to a saga, retrying on a concurrent update.
-    pub async fn advance(
+    pub(crate) async fn advance(
         &self,
         message_id: Option<&str>,
         order_id: OrderId,
@@ -326,121 +332,8 @@ impl Manager {
         self.decide(tx, &saga, input, &Context::current()).await
     }
 
-    /// Feeds `input` to `saga` and writes the new state (compare-and-set on its version)
-    /// inside `tx`, in the trace of `cx` (the work at hand).
-    async fn decide(
-        &self,
-        tx: &mut Tx,
-        saga: &Saga,
-        input: Input,
-        cx: &Context,
-    ) -> Result<Outcome, HandlerError> {
-        let _tx_span = transaction_span(&self.db, saga, cx);
-        let link = match &input {
-            Input::Deadline(link) => Some(*link),
-            _ => None,
-        };
-        let mut t = saga.apply(input, now_ms(), &self.timing);
-        if t.ignored {
-            return Ok(Outcome::Ignored {
-                saga: Box::new(saga.clone()),
-                link,
-            });
-        }
-        let before = saga.timeline.len();
-        let closed = annotate(&mut t, before, cx);
-        if !store::update(tx, &t.saga, saga.version)
-            .await
-            .map_err(HandlerError::classify)?
-        {
-            return Ok(Outcome::Conflict);
-        }
-        Ok(Outcome::Decided(Box::new(Decided {
-            commands: commands(&t)?,
-            t,
-            before,
-            closed,
-            started: false,
-        })))
-    }
-
-    /// Commits a transaction that decided one input; false on a conflict (nothing
-    /// committed: the caller decides again).
-    async fn commit_one(&self, mut tx: Tx, outcome: Outcome) -> Result<bool, HandlerError> {
-        match outcome {
-            Outcome::Conflict => return Ok(false),
-            Outcome::Nothing => tx.commit().await?,
-            Outcome::Ignored { saga, link } => {
-                tx.commit().await?;
-                if let Some(link) = link {
-                    self.deadline_held(&saga, link);
-                }
-            }
-            Outcome::Decided(d) => {
-                let decided = [*d];
-                let written = self.write(&mut tx, &decided, &Context::current()).await?;
-                tx.commit().await?;
-                self.db.hand_to_relay(written);
-                let [d] = decided;
-                self.committed(d);
-            }
-        }
-        Ok(true)
-    }
-
-    /// Writes the decided transitions' commands, and one message carrying all their sagas'
-    /// new states (for read models), to the outbox in one statement; returns what it wrote,
-    /// for the relay once committed.
-    async fn write(
-        &self,
-        tx: &mut Tx,
-        decided: &[Decided],
-        cx: &Context,
-    ) -> Result<Vec<Pending>, HandlerError> {
-        if decided.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut out: Vec<Pending> = decided
-            .iter()
-            .flat_map(|d| d.commands.iter().cloned())
-            .collect();
-        out.push(events_message(decided, cx)?);
-        outbox::enqueue_all(tx, &out).await?;
-        Ok(out)
-    }
-
-    /// What follows a committed transition: the next deadline armed, the spans it closed
-    /// recorded, the metrics counted and the room adjusted.
-    fn committed(&self, d: Decided) {
-        record_closed(d.closed);
-        let t = &d.t;
-        match t.saga.deadline_ms() {
-            Some(at) => self.timers.schedule(at, t.saga.order_id),
-            None => self.timers.cancel(t.saga.order_id),
-        }
-        crate::metrics::record(&self.metrics, d.before, t);
-        // How long the workers took to answer steers how many sagas run at once. A step
-        // that timed out or was dead-lettered says nothing of queues (a stalled or broken
-        // worker does that alone); only answers do.
-        for (entry, latency_ms) in crate::metrics::step_latencies(d.before, t) {
-            if entry.event.is_answer() {
-                self.room
-                    .observe(latency_ms, self.timing.step_timeout_ms, entry.at_ms);
-            }
-        }
-        let finished = t.saga.status().is_final();
-        match (d.started, finished) {
-            (true, false) => self.room.take(1),
-            (false, true) if d.before > 0 => self.room.release(1),
-            _ => {}
-        }
-        if finished {
-            tracing::info!(order_id = %t.saga.order_id, status = %t.saga.status(), "saga finished");
-        }
-    }
-
     /// Fires a deadline, logging (not propagating) a failure: the backstop scan retries.
-    pub async fn fire_deadline(&self, order_id: OrderId) {
+    pub(crate) async fn fire_deadline(&self, order_id: OrderId) {
         if let Err(e) = self
             .advance(None, order_id, Input::Deadline(self.link()))
             .await
@@ -448,83 +341,4 @@ impl Manager {
             tracing::warn!(%order_id, error = %e, "deadline not processed; will retry");
         }
     }
-
-    /// The manager's link to the broker, as a deadline sees it. Not reached yet since
-    /// this process started is not an outage: a restarted manager fires what is overdue.
-    fn link(&self) -> Link {
-        if self.broker.is_in_outage() {
-            return Link::Down;
-        }
-        self.broker
-            .restored_at_ms()
-            .map_or(Link::Steady, Link::RestoredAt)
-    }
-
-    /// A deadline that fired and changed nothing: when an outage of the link moved it
-    /// later, the timer is set for the new time. While the link is down, the backstop scan
-    /// (the deadline in the database is past) asks again every second.
-    fn deadline_held(&self, saga: &Saga, link: Link) {
-        let (Some(deadline), Some(due)) = (saga.deadline_ms(), saga.due_at(link, &self.timing))
-        else {
-            if link == Link::Down && saga.deadline_ms().is_some_and(|d| d <= now_ms()) {
-                tracing::debug!(order_id = %saga.order_id, "deadline held: no link to the broker");
-            }
-            return;
-        };
-        if due > deadline {
-            tracing::debug!(order_id = %saga.order_id, due_in_ms = due - now_ms(), "deadline moved by a broker outage");
-            self.timers.schedule(due, saga.order_id);
-        }
-    }
-}
-
-/// The transition's commands, each in its step's span.
-fn commands(t: &Transition) -> Result<Vec<Pending>, HandlerError> {
-    let id = Some(t.saga.order_id.to_string());
-    let commands = t
-        .commands
-        .iter()
-        .map(|cmd| {
-            outbox::message(
-                &command_context(&t.saga, cmd.step),
-                topology::EXCHANGE,
-                topology::step_key(cmd.step),
-                id.clone(),
-                cmd,
-            )
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(commands)
-}
-
-/// The sagas' new states, for the read models, in one message: it travels in the trace of
-/// `cx` or else the first saga's, since one message cannot be in several.
-fn events_message(decided: &[Decided], cx: &Context) -> Result<Pending, HandlerError> {
-    let events = decided
-        .iter()
-        .map(|d| {
-            let s = &d.t.saga;
-            Event::OrderUpdated(OrderUpdated {
-                order_id: s.order_id,
-                terms: s.terms.clone(),
-                status: s.status(),
-                phase: s.phase(),
-                created: s.created,
-                version: s.version,
-                placed_at_ms: s.placed_at_ms,
-                updated_at_ms: s.updated_at_ms,
-                timeline: s.timeline.clone(),
-                trace_id: s.trace.as_ref().map(|trace| trace.trace_id.clone()),
-            })
-        })
-        .collect();
-    let cx = work_context(&decided[0].t.saga, cx);
-    let id = (decided.len() == 1).then(|| decided[0].t.saga.order_id.to_string());
-    Ok(outbox::message(
-        &cx,
-        topology::EVENTS_EXCHANGE,
-        topology::RK_EVENTS,
-        id,
-        &Events { events },
-    )?)
 }

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 type Heap = BinaryHeap<Reverse<(i64, OrderId)>>;
 
 #[derive(Clone, Default)]
-pub struct Timers {
+pub(crate) struct Timers {
     armed: Arc<Mutex<Armed>>,
     changed: Arc<Notify>,
 }
@@ -39,7 +39,7 @@ const BACKSTOP: Duration = Duration::from_secs(1);
 
 impl Timers {
     /// Arms `order_id`'s deadline at `at_ms`, replacing the one it had.
-    pub fn schedule(&self, at_ms: i64, order_id: OrderId) {
+    pub(crate) fn schedule(&self, at_ms: i64, order_id: OrderId) {
         let mut armed = self.armed.lock().expect("timer heap poisoned");
         armed.heap.push(Reverse((at_ms, order_id)));
         armed.current.insert(order_id, at_ms);
@@ -48,7 +48,7 @@ impl Timers {
     }
 
     /// Disarms `order_id`: its saga awaits nothing any more.
-    pub fn cancel(&self, order_id: OrderId) {
+    pub(crate) fn cancel(&self, order_id: OrderId) {
         self.armed
             .lock()
             .expect("timer heap poisoned")
@@ -76,7 +76,7 @@ impl Timers {
 
     /// Calls `fire` for each due timer until `shutdown`. Stale timers are harmless: the
     /// saga ignores a deadline it is no longer waiting for.
-    pub async fn run<F, Fut>(self, shutdown: Shutdown, fire: F)
+    pub(crate) async fn run<F, Fut>(self, shutdown: Shutdown, fire: F)
     where
         F: Fn(OrderId) -> Fut,
         Fut: std::future::Future<Output = ()>,
@@ -99,41 +99,4 @@ impl Timers {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn due_timers_come_out_in_deadline_order_and_the_next_one_is_reported() {
-        let t = Timers::default();
-        let (a, b, c) = (OrderId::new(), OrderId::new(), OrderId::new());
-        t.schedule(30, c);
-        t.schedule(10, a);
-        t.schedule(20, b);
-        let (due, next) = t.take_due(20);
-        assert_eq!(due, vec![a, b]);
-        assert_eq!(next, Some(30));
-        assert_eq!(t.take_due(29).0, vec![]);
-        assert_eq!(t.take_due(30).0, vec![c]);
-    }
-
-    #[test]
-    fn only_the_deadline_a_saga_was_last_given_fires() {
-        let t = Timers::default();
-        let (moved, finished, again) = (OrderId::new(), OrderId::new(), OrderId::new());
-        t.schedule(10, moved);
-        t.schedule(40, moved);
-        t.schedule(20, finished);
-        t.cancel(finished);
-        t.schedule(30, again);
-        t.schedule(30, again);
-        let (due, next) = t.take_due(35);
-        assert_eq!(
-            due,
-            vec![again],
-            "stale and cancelled deadlines are dropped"
-        );
-        assert_eq!(next, Some(40));
-        assert_eq!(t.take_due(40).0, vec![moved]);
-        assert_eq!(t.take_due(100).0, vec![], "a fired deadline fires once");
-    }
-}
+mod tests;
