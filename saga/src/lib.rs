@@ -6,13 +6,13 @@
 
 use contracts::domain::{OrderId, OrderStatus, OrderTerms};
 use contracts::messages::{
-    Faults, Phase, Refusal, Step, StepCommand, StepReply, StepResult, TimelineEntry, TimelineEvent,
+    Faults, Phase, Step, StepCommand, StepReply, TimelineEntry, TimelineEvent,
 };
 use serde::{Deserialize, Serialize};
 
 mod rules;
-pub use rules::{compensations_for, refusal_status};
 use rules::{Draft, describe};
+pub use rules::{compensations_for, refusal_status};
 
 /// Timing knobs, from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

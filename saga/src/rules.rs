@@ -2,9 +2,7 @@
 //! next state and its commands; the compensations run newest first.
 
 use contracts::domain::OrderStatus;
-use contracts::messages::{
-    Refusal, Step, StepCommand, StepResult, TimelineEntry, TimelineEvent,
-};
+use contracts::messages::{Refusal, Step, StepCommand, StepResult, TimelineEntry, TimelineEvent};
 
 use crate::{Saga, SagaState, Timing, Transition};
 
@@ -25,7 +23,13 @@ impl Saga {
         draft.finish()
     }
 
-    pub(crate) fn on_reply(&self, step: Step, result: StepResult, now: i64, timing: &Timing) -> Transition {
+    pub(crate) fn on_reply(
+        &self,
+        step: Step,
+        result: StepResult,
+        now: i64,
+        timing: &Timing,
+    ) -> Transition {
         let mut draft = Draft::new(self, now);
         let (event, detail) = describe(&result);
         draft.record(step, event, detail);

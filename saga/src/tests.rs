@@ -1,6 +1,6 @@
 use super::*;
 use contracts::domain::{Credits, Quantity, Username};
-use contracts::messages::Fault;
+use contracts::messages::{Fault, Refusal, StepResult};
 
 const TIMING: Timing = Timing {
     step_timeout_ms: 1_000,
