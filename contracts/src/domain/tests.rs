@@ -1,5 +1,5 @@
-use super::*;
 use super::username::{EDGE_WHITESPACE, REFUSED_BMP};
+use super::*;
 
 #[test]
 fn the_refused_tables_are_the_unicode_control_format_and_whitespace_characters() {
