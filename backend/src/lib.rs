@@ -13,6 +13,7 @@ use common::{bus, bus::Broker, config::Config, db::Db, service, shutdown::Shutdo
 
 pub mod analytics;
 pub mod api;
+pub mod audit;
 pub mod feed;
 pub mod projection;
 mod store;

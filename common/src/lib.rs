@@ -21,6 +21,7 @@ pub mod rate_limit;
 pub mod room;
 pub mod service;
 pub mod shutdown;
+pub mod snapshot;
 pub mod strict_json;
 pub mod telemetry;
 pub mod time;

@@ -169,6 +169,15 @@ pub async fn backlog(db: &Db) -> Result<i64, sqlx::Error> {
         .try_get("n")
 }
 
+/// How many messages wait in the outbox of `pool`'s store, and when the oldest was written
+/// (ms): what the audit reads of every store.
+pub async fn waiting(pool: &sqlx::AnyPool) -> Result<(i64, Option<i64>), sqlx::Error> {
+    let r = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at_ms) AS oldest FROM outbox")
+        .fetch_one(pool)
+        .await?;
+    Ok((r.try_get("n")?, r.try_get("oldest")?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

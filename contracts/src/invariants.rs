@@ -1,6 +1,10 @@
-//! The five invariants the marketplace keeps, which the audit checks (`/api/audit`).
+//! The five invariants the marketplace keeps, which the audit checks (`/api/audit`), and
+//! the rows of the services' snapshots it checks them over that are more than an order id
+//! and a status.
 
 use std::fmt;
+
+use crate::messages::TimelineEvent;
 
 /// An invariant, numbered as the audit's report numbers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +62,25 @@ impl fmt::Display for Invariant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.id(), self.name())
     }
+}
+
+/// An accepted order as the backend's read model shows it to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedOrder {
+    pub order_id: String,
+    pub status: String,
+    pub placed_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A saga as the manager stores it: what the audit needs of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaRow {
+    pub status: String,
+    pub phase: String,
+    pub updated_at_ms: i64,
+    /// (step, event) for every timeline entry; None for an event the audit does not know.
+    pub timeline: Vec<(String, Option<TimelineEvent>)>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! `consumer` reads letters off the queue, `store` is the SQL, `api` the HTTP routes.
 
 pub mod api;
+pub mod audit;
 mod consumer;
 pub mod store;
 

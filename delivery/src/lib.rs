@@ -1,6 +1,7 @@
 //! The delivery worker: schedules the delivery of purchased tokens, or cancels it. `logic`
 //! decides, `store` is the SQL.
 
+pub mod audit;
 mod logic;
 mod store;
 

@@ -2,6 +2,7 @@
 //! order's product off its stock (atomically, never below zero), `inventory.release` puts
 //! it back or leaves a tombstone; operators' restocks arrive on a queue of their own.
 
+pub mod audit;
 mod logic;
 mod restock;
 mod store;

@@ -1,6 +1,7 @@
 //! The saga orchestrator. `saga` is the pure decision logic; `handler` wraps it in a
 //! transaction with the inbox and the outbox; `timers` fires deadlines; `store` is the SQL.
 
+pub mod audit;
 mod handler;
 mod metrics;
 /// The pure decision logic, in its own crate (it builds and tests without the runtime).

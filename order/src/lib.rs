@@ -1,6 +1,7 @@
 //! The order worker: records orders and their final status. `logic` decides, `store` is
 //! the SQL.
 
+pub mod audit;
 mod logic;
 mod store;
 

@@ -1,6 +1,7 @@
 //! The payment worker: users' credits. `payment.charge` debits price × amount (atomically,
 //! never below zero), `payment.refund` gives it back or leaves a tombstone.
 
+pub mod audit;
 mod logic;
 mod store;
 

@@ -10,6 +10,8 @@ use common::{
     rows::{DeliveryStatus, PaymentStatus, ReservationStatus},
 };
 
+pub(super) use common::invariants::{AcceptedOrder, SagaRow};
+
 use super::{DeadLetterCounts, InvariantReport, LISTED, OrderCounts, Report, Violation};
 
 /// What the audit reads of every store for one window of order ids.
@@ -29,23 +31,6 @@ pub(super) struct Window {
     pub(super) deliveries: HashMap<String, String>,
     /// dead-letter: order ids that have a dead letter.
     pub(super) dead_lettered_orders: HashSet<String>,
-}
-
-#[derive(Debug)]
-pub(super) struct AcceptedOrder {
-    pub(super) order_id: String,
-    pub(super) status: String,
-    pub(super) placed_at_ms: i64,
-    pub(super) updated_at_ms: i64,
-}
-
-#[derive(Debug)]
-pub(super) struct SagaRow {
-    pub(super) status: String,
-    pub(super) phase: String,
-    pub(super) updated_at_ms: i64,
-    /// (step, event) for every timeline entry; None for an event the audit does not know.
-    pub(super) timeline: Vec<(String, Option<TimelineEvent>)>,
 }
 
 /// What one window's checks found: its counts and, per invariant, its violations sorted

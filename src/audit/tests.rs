@@ -6,9 +6,9 @@ use super::*;
 use super::{
     books::{Books, check_account, check_outboxes, check_product},
     check::{AcceptedOrder, SagaRow, Tally, Window, check_window},
-    read::{StoredSaga, in_window},
 };
 use common::{invariants::Invariant, messages::TimelineEvent};
+use manager::audit::StoredSaga;
 
 const NOW: i64 = 1_000_000;
 const GRACE: i64 = 10_000;
@@ -489,28 +489,6 @@ fn a_saga_state_is_read_for_its_timeline_only() {
     );
     let empty: StoredSaga = serde_json::from_str(r#"{"order_id":"o1"}"#).unwrap();
     assert!(empty.timeline.is_empty());
-}
-
-#[test]
-fn a_window_is_the_order_ids_after_its_start_up_to_its_end() {
-    assert_eq!(
-        in_window(None, None),
-        ("WHERE order_id IS NOT NULL".to_string(), vec![])
-    );
-    assert_eq!(
-        in_window(Some("a"), Some("b")),
-        (
-            "WHERE order_id IS NOT NULL AND order_id > $1 AND order_id <= $2".to_string(),
-            vec!["a", "b"]
-        )
-    );
-    assert_eq!(
-        in_window(None, Some("b")),
-        (
-            "WHERE order_id IS NOT NULL AND order_id <= $1".to_string(),
-            vec!["b"]
-        )
-    );
 }
 
 #[tokio::test]
