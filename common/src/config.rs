@@ -89,26 +89,10 @@ impl Config {
     /// Reads the configuration through `lookup`, so tests need not touch the process env.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let mut amqp_url = var("AMQP_URL").unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            return Err(err(
-                "AMQP_URL",
-                &redact(&amqp_url),
-                "must start with amqp:// or amqps://",
-            ));
-        }
+        let mut amqp_url = amqp_url(var("AMQP_URL"))?;
         let http_addr = documented_parse("HTTP_ADDR", var("HTTP_ADDR"))?;
         let data_dir = PathBuf::from(var("DATA_DIR").unwrap_or_else(|| documented("DATA_DIR")));
-        let mut database_url = var("DATABASE_URL");
-        if let Some(url) = &database_url
-            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-        {
-            return Err(err(
-                "DATABASE_URL",
-                &redact(url),
-                "must be a postgres:// URL (leave it unset for SQLite under DATA_DIR)",
-            ));
-        }
+        let mut database_url = database_url(var("DATABASE_URL"))?;
         let database_pool_size =
             positive("DATABASE_POOL_SIZE", var("DATABASE_POOL_SIZE"))?.min(1000) as u32;
         let step_timeout_ms = positive("STEP_TIMEOUT_MS", var("STEP_TIMEOUT_MS"))?;
@@ -118,10 +102,7 @@ impl Config {
         )?;
         let initial_credits = non_negative("INITIAL_CREDITS", var("INITIAL_CREDITS"))?;
         let initial_stock = non_negative("INITIAL_STOCK", var("INITIAL_STOCK"))?;
-        let catalog = match var("PRODUCTS") {
-            Some(v) => crate::catalog::Catalog::parse(&v).map_err(|e| err("PRODUCTS", &v, &e))?,
-            None => crate::catalog::Catalog::single(initial_stock),
-        };
+        let catalog = catalog(var("PRODUCTS"), initial_stock)?;
         let fault_injection = switch("FAULT_INJECTION", var("FAULT_INJECTION"))?;
         let fault_stall_ms = positive_or(
             "FAULT_STALL_MS",
@@ -136,13 +117,7 @@ impl Config {
         let admin_token = admin_token(var("ADMIN_TOKEN"), var("ADMIN_TOKEN_FILE"))?;
         let all_transaction_limit =
             positive("ALL_TRANSACTION_LIMIT", var("ALL_TRANSACTION_LIMIT"))?;
-        let metrics_addr = var("METRICS_ADDR")
-            .map(|v| {
-                v.trim()
-                    .parse::<SocketAddr>()
-                    .map_err(|e| err("METRICS_ADDR", &v, &e.to_string()))
-            })
-            .transpose()?;
+        let metrics_addr = metrics_addr(var("METRICS_ADDR"))?;
         let http = http_limits(&var)?;
         let purchase_rate_limit =
             rate_limit(var("PURCHASE_RATE_LIMIT"), var("PURCHASE_RATE_BURST"))?;
@@ -174,6 +149,54 @@ impl Config {
             trace_ui_url,
         })
     }
+}
+
+/// `AMQP_URL`, by default the local broker: an amqp:// or amqps:// URL.
+fn amqp_url(raw: Option<String>) -> Result<String, ConfigError> {
+    let url = raw.unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(err(
+            "AMQP_URL",
+            &redact(&url),
+            "must start with amqp:// or amqps://",
+        ));
+    }
+    Ok(url)
+}
+
+/// `DATABASE_URL`, if set: a postgres:// URL.
+fn database_url(raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(url) = &raw
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(err(
+            "DATABASE_URL",
+            &redact(url),
+            "must be a postgres:// URL (leave it unset for SQLite under DATA_DIR)",
+        ));
+    }
+    Ok(raw)
+}
+
+/// The products on sale: `PRODUCTS`, by default `late_token` with `initial_stock`.
+fn catalog(
+    raw: Option<String>,
+    initial_stock: i64,
+) -> Result<crate::catalog::Catalog, ConfigError> {
+    match raw {
+        Some(v) => crate::catalog::Catalog::parse(&v).map_err(|e| err("PRODUCTS", &v, &e)),
+        None => Ok(crate::catalog::Catalog::single(initial_stock)),
+    }
+}
+
+/// `METRICS_ADDR`, if set: the address `/metrics` is served on.
+fn metrics_addr(raw: Option<String>) -> Result<Option<SocketAddr>, ConfigError> {
+    raw.map(|v| {
+        v.trim()
+            .parse::<SocketAddr>()
+            .map_err(|e| err("METRICS_ADDR", &v, &e.to_string()))
+    })
+    .transpose()
 }
 
 /// The HTTP listener's `HTTP_*` timeouts and bounds.

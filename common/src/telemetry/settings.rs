@@ -56,120 +56,18 @@ impl Settings {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let invalid = |variable: &'static str, value: String, problem: &str| ConfigError {
-            variable,
-            value,
-            problem: problem.to_string(),
-        };
-        if let Some(v) = var("OTEL_SDK_DISABLED") {
-            match v.to_ascii_lowercase().as_str() {
-                "true" => return Ok(None),
-                "false" => {}
-                _ => return Err(invalid("OTEL_SDK_DISABLED", v, "expected true or false")),
-            }
+        if sdk_disabled(&var)? {
+            return Ok(None);
         }
-        let protocol_var = if var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-        } else {
-            "OTEL_EXPORTER_OTLP_PROTOCOL"
+        let protocol = protocol(&var)?;
+        let Some(endpoint) = traces_endpoint(&var, protocol)? else {
+            return Ok(None);
         };
-        let protocol = match var(protocol_var).as_deref() {
-            None | Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some("grpc") => Protocol::Grpc,
-            Some(other) => {
-                return Err(invalid(
-                    protocol_var,
-                    other.into(),
-                    "expected grpc or http/protobuf (http/json is not supported)",
-                ));
-            }
-        };
-        let endpoint = match (
-            var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            var("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            // The per-signal variable is used as is, as the specification says.
-            (Some(e), _) => checked_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e)?,
-            (None, Some(base)) => {
-                let base = checked_url("OTEL_EXPORTER_OTLP_ENDPOINT", base)?;
-                match protocol {
-                    Protocol::Grpc => base,
-                    Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-                }
-            }
-            (None, None) => return Ok(None),
-        };
-        let headers = match var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS"))
-        {
-            Some(h) => key_values(&h).ok_or_else(|| {
-                invalid(
-                    "OTEL_EXPORTER_OTLP_HEADERS",
-                    "(redacted)".into(),
-                    "expected key=value,key=value",
-                )
-            })?,
-            None => Vec::new(),
-        };
-        let resource_attributes = match var("OTEL_RESOURCE_ATTRIBUTES") {
-            Some(a) => key_values(&a)
-                .ok_or_else(|| {
-                    invalid(
-                        "OTEL_RESOURCE_ATTRIBUTES",
-                        a.clone(),
-                        "expected key=value,key=value",
-                    )
-                })?
-                .into_iter()
-                .filter(|(k, _)| k != "service.name")
-                .collect(),
-            None => Vec::new(),
-        };
-        let timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-            .or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT"))
-        {
-            Some(t) => match t.parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(invalid(
-                        "OTEL_EXPORTER_OTLP_TIMEOUT",
-                        t,
-                        "expected milliseconds above 0",
-                    ));
-                }
-            },
-            None => DEFAULT_TIMEOUT,
-        };
-        let ca_var = [
-            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            "TLS_CA_FILE",
-        ]
-        .into_iter()
-        .find_map(|name| var(name).map(|path| (name, path)));
-        let ca = match ca_var {
-            Some((name, path)) => {
-                Some(crate::tls::CaFile::read(&path).map_err(|p| invalid(name, path, &p))?)
-            }
-            None => None,
-        };
-        // Refused rather than ignored: a collector that asks for a client certificate would
-        // refuse every export.
-        for name in [
-            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-        ] {
-            if let Some(v) = var(name) {
-                return Err(invalid(
-                    name,
-                    v,
-                    "client certificates (mutual TLS) are not supported: authenticate with \
-                     OTEL_EXPORTER_OTLP_HEADERS (e.g. an ingestion key) instead",
-                ));
-            }
-        }
+        let headers = headers(&var)?;
+        let resource_attributes = resource_attributes(&var)?;
+        let timeout = export_timeout(&var)?;
+        let ca = ca_file(&var)?;
+        refuse_client_certificates(&var)?;
         Ok(Some(Settings {
             endpoint,
             protocol,
@@ -193,6 +91,156 @@ impl Settings {
             Some(prefix) => format!("{prefix}-{service}"),
         }
     }
+}
+
+/// An error naming `variable`, its value and what is wrong with it.
+fn invalid(variable: &'static str, value: String, problem: &str) -> ConfigError {
+    ConfigError {
+        variable,
+        value,
+        problem: problem.to_string(),
+    }
+}
+
+/// `OTEL_SDK_DISABLED`: true turns tracing off, false or unset leaves it on.
+fn sdk_disabled(var: &impl Fn(&str) -> Option<String>) -> Result<bool, ConfigError> {
+    match var("OTEL_SDK_DISABLED") {
+        None => Ok(false),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(invalid("OTEL_SDK_DISABLED", v, "expected true or false")),
+        },
+    }
+}
+
+/// The export protocol, from the per-signal variable if set, by default HTTP/protobuf.
+fn protocol(var: &impl Fn(&str) -> Option<String>) -> Result<Protocol, ConfigError> {
+    let protocol_var = if var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").is_some() {
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    } else {
+        "OTEL_EXPORTER_OTLP_PROTOCOL"
+    };
+    match var(protocol_var).as_deref() {
+        None | Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
+        Some("grpc") => Ok(Protocol::Grpc),
+        Some(other) => Err(invalid(
+            protocol_var,
+            other.into(),
+            "expected grpc or http/protobuf (http/json is not supported)",
+        )),
+    }
+}
+
+/// The full traces endpoint; None when neither endpoint variable is set.
+fn traces_endpoint(
+    var: &impl Fn(&str) -> Option<String>,
+    protocol: Protocol,
+) -> Result<Option<String>, ConfigError> {
+    let endpoint = match (
+        var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        var("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        // The per-signal variable is used as is, as the specification says.
+        (Some(e), _) => checked_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e)?,
+        (None, Some(base)) => {
+            let base = checked_url("OTEL_EXPORTER_OTLP_ENDPOINT", base)?;
+            match protocol {
+                Protocol::Grpc => base,
+                Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(endpoint))
+}
+
+/// The headers sent with every export, from the per-signal variable if set.
+fn headers(var: &impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, ConfigError> {
+    match var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| var("OTEL_EXPORTER_OTLP_HEADERS")) {
+        Some(h) => key_values(&h).ok_or_else(|| {
+            invalid(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "(redacted)".into(),
+                "expected key=value,key=value",
+            )
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` without `service.name`.
+fn resource_attributes(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(a) = var("OTEL_RESOURCE_ATTRIBUTES") else {
+        return Ok(Vec::new());
+    };
+    let pairs = key_values(&a).ok_or_else(|| {
+        invalid(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            a.clone(),
+            "expected key=value,key=value",
+        )
+    })?;
+    Ok(pairs
+        .into_iter()
+        .filter(|(k, _)| k != "service.name")
+        .collect())
+}
+
+/// The export timeout in milliseconds, from the per-signal variable if set.
+fn export_timeout(var: &impl Fn(&str) -> Option<String>) -> Result<Duration, ConfigError> {
+    match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").or_else(|| var("OTEL_EXPORTER_OTLP_TIMEOUT")) {
+        Some(t) => match t.parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(invalid(
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                t,
+                "expected milliseconds above 0",
+            )),
+        },
+        None => Ok(DEFAULT_TIMEOUT),
+    }
+}
+
+/// The CA file of [`Settings::ca`], read and checked: the first of its variables that is set.
+fn ca_file(
+    var: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::tls::CaFile>, ConfigError> {
+    let ca_var = [
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        "TLS_CA_FILE",
+    ]
+    .into_iter()
+    .find_map(|name| var(name).map(|path| (name, path)));
+    let Some((name, path)) = ca_var else {
+        return Ok(None);
+    };
+    let ca = crate::tls::CaFile::read(&path).map_err(|p| invalid(name, path, &p))?;
+    Ok(Some(ca))
+}
+
+/// An error if a client certificate or key is set. Refused rather than ignored: a collector
+/// that asks for a client certificate would refuse every export.
+fn refuse_client_certificates(var: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    ] {
+        if let Some(v) = var(name) {
+            return Err(invalid(
+                name,
+                v,
+                "client certificates (mutual TLS) are not supported: authenticate with \
+                 OTEL_EXPORTER_OTLP_HEADERS (e.g. an ingestion key) instead",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An endpoint URL: `http://`, or `https://` (TLS, trusting the system's roots and the CA
