@@ -134,20 +134,7 @@ impl Options {
         args: &[String],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Command, String> {
-        let mut url = DEFAULT_URL.to_string();
-        let (mut rate, mut concurrency) = (None, None);
-        let (mut duration, mut count, mut users) = (None, None, None);
-        let (mut price, mut amount) = (1i64, 1i64);
-        let mut mix = Mix::parse(DEFAULT_MIX).expect("the default mix parses");
-        let mut seed = None;
-        let mut wait = Duration::from_secs(60);
-        let mut metrics_urls = Vec::new();
-        let (mut json, mut progress, mut ceiling) = (false, true, false);
-        let mut ceiling_duration = Duration::from_secs(5);
-        let mut amqp_url = env("AMQP_URL")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string());
-
+        let mut flags = Flags::new(&env);
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             // `--flag=value` or `--flag value`.
@@ -166,9 +153,9 @@ impl Options {
             };
             match flag {
                 "-h" | "--help" => return Ok(Command::Help),
-                "--json" => switch(&mut json, true)?,
-                "--no-progress" => switch(&mut progress, false)?,
-                "--ceiling" => switch(&mut ceiling, true)?,
+                "--json" => switch(&mut flags.json, true)?,
+                "--no-progress" => switch(&mut flags.progress, false)?,
+                "--ceiling" => switch(&mut flags.ceiling, true)?,
                 _ if !VALUE_FLAGS.contains(&flag) => {
                     return Err(format!("unknown argument {arg:?}"));
                 }
@@ -180,47 +167,125 @@ impl Options {
                             .cloned()
                             .ok_or_else(|| format!("{flag} needs a value"))?,
                     };
-                    match flag {
-                        "--url" => url = base_url(&value, flag)?,
-                        "--rate" => {
-                            rate = Some(
-                                value
-                                    .parse::<f64>()
-                                    .ok()
-                                    .filter(|r| r.is_finite() && *r > 0.0)
-                                    .ok_or_else(|| {
-                                        format!("--rate: requests per second (> 0), not {value:?}")
-                                    })?,
-                            )
-                        }
-                        "--concurrency" => {
-                            concurrency =
-                                Some(positive(&value, flag)?.min(MAX_OUTSTANDING as u64) as usize)
-                        }
-                        "--duration" => duration = Some(parse_duration(&value, flag, false)?),
-                        "--count" => count = Some(positive(&value, flag)?),
-                        "--users" => users = Some(positive(&value, flag)?),
-                        "--price" => price = non_negative(&value, flag)?,
-                        "--amount" => amount = positive(&value, flag)? as i64,
-                        "--mix" => mix = Mix::parse(&value)?,
-                        "--seed" => {
-                            seed = Some(
-                                value
-                                    .parse()
-                                    .map_err(|_| format!("--seed: an integer, not {value:?}"))?,
-                            )
-                        }
-                        "--wait" => wait = parse_duration(&value, flag, true)?,
-                        "--metrics-url" => metrics_urls.push(base_url(&value, flag)?),
-                        "--ceiling-duration" => {
-                            ceiling_duration = parse_duration(&value, flag, false)?
-                        }
-                        "--amqp-url" => amqp_url = value,
-                        _ => unreachable!("{flag} is in VALUE_FLAGS"),
-                    }
+                    flags.set(flag, value)?;
                 }
             }
         }
+        let options = flags.into_options(&env)?;
+        Ok(Command::Run(Box::new(options)))
+    }
+}
+
+/// The command line's values as they are read, before the checks that need them together.
+struct Flags {
+    url: String,
+    rate: Option<f64>,
+    concurrency: Option<usize>,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    users: Option<u64>,
+    price: i64,
+    amount: i64,
+    mix: Mix,
+    seed: Option<u64>,
+    wait: Duration,
+    metrics_urls: Vec<String>,
+    json: bool,
+    progress: bool,
+    ceiling: bool,
+    ceiling_duration: Duration,
+    amqp_url: String,
+}
+
+impl Flags {
+    /// The defaults, with `--amqp-url` from `AMQP_URL` when it is set.
+    fn new(env: &impl Fn(&str) -> Option<String>) -> Flags {
+        Flags {
+            url: DEFAULT_URL.to_string(),
+            rate: None,
+            concurrency: None,
+            duration: None,
+            count: None,
+            users: None,
+            price: 1,
+            amount: 1,
+            mix: Mix::parse(DEFAULT_MIX).expect("the default mix parses"),
+            seed: None,
+            wait: Duration::from_secs(60),
+            metrics_urls: Vec::new(),
+            json: false,
+            progress: true,
+            ceiling: false,
+            ceiling_duration: Duration::from_secs(5),
+            amqp_url: env("AMQP_URL")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| DEFAULT_AMQP_URL.to_string()),
+        }
+    }
+
+    /// Sets `flag`, one of [`VALUE_FLAGS`], to `value`.
+    fn set(&mut self, flag: &str, value: String) -> Result<(), String> {
+        match flag {
+            "--url" => self.url = base_url(&value, flag)?,
+            "--rate" => {
+                self.rate = Some(
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|r| r.is_finite() && *r > 0.0)
+                        .ok_or_else(|| {
+                            format!("--rate: requests per second (> 0), not {value:?}")
+                        })?,
+                )
+            }
+            "--concurrency" => {
+                self.concurrency =
+                    Some(positive(&value, flag)?.min(MAX_OUTSTANDING as u64) as usize)
+            }
+            "--duration" => self.duration = Some(parse_duration(&value, flag, false)?),
+            "--count" => self.count = Some(positive(&value, flag)?),
+            "--users" => self.users = Some(positive(&value, flag)?),
+            "--price" => self.price = non_negative(&value, flag)?,
+            "--amount" => self.amount = positive(&value, flag)? as i64,
+            "--mix" => self.mix = Mix::parse(&value)?,
+            "--seed" => {
+                self.seed = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--seed: an integer, not {value:?}"))?,
+                )
+            }
+            "--wait" => self.wait = parse_duration(&value, flag, true)?,
+            "--metrics-url" => self.metrics_urls.push(base_url(&value, flag)?),
+            "--ceiling-duration" => self.ceiling_duration = parse_duration(&value, flag, false)?,
+            "--amqp-url" => self.amqp_url = value,
+            _ => unreachable!("{flag} is in VALUE_FLAGS"),
+        }
+        Ok(())
+    }
+
+    /// The options, once the flags agree with each other; the defaults that depend on
+    /// other flags filled in (`env` gives `TLS_CA_FILE`).
+    fn into_options(self, env: &impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+        let Flags {
+            url,
+            rate,
+            concurrency,
+            duration,
+            count,
+            users,
+            price,
+            amount,
+            mix,
+            seed,
+            wait,
+            mut metrics_urls,
+            json,
+            progress,
+            ceiling,
+            ceiling_duration,
+            mut amqp_url,
+        } = self;
         let load = match (rate, concurrency) {
             (Some(r), None) => Load::Rate(r),
             (None, Some(c)) => Load::Concurrency(c),
@@ -245,7 +310,7 @@ impl Options {
         if let Some(ca) = env("TLS_CA_FILE").filter(|s| !s.is_empty()) {
             amqp_url = common::tls::amqp_url_with_ca(&amqp_url, &ca);
         }
-        Ok(Command::Run(Box::new(Options {
+        Ok(Options {
             url,
             load,
             duration,
@@ -262,7 +327,7 @@ impl Options {
             ceiling,
             ceiling_duration,
             amqp_url,
-        })))
+        })
     }
 }
 

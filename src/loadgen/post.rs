@@ -80,85 +80,127 @@ pub(crate) async fn post(
     shared: &Arc<Shared>,
 ) -> Posting {
     let started = Instant::now();
-    let end = o.duration.map(|d| started + d);
-    let count = o.count.unwrap_or(u64::MAX);
-    let url = format!("{}/api/purchase/", o.url);
-    let request = {
-        let (mix, run_id, users, price, amount) = (
-            o.mix.clone(),
-            run_id.to_string(),
-            o.users,
-            o.price,
-            o.amount,
-        );
-        move |i: u64| {
-            let user = username(&run_id, i, users);
-            purchase_body(mix.pick(seed, i), &user, price, amount)
-        }
+    let bound = Bound {
+        end: o.duration.map(|d| started + d),
+        count: o.count.unwrap_or(u64::MAX),
     };
+    let url = format!("{}/api/purchase/", o.url);
+    let request = requests(o, run_id, seed);
     match o.load {
         Load::Concurrency(clients) => {
-            let next = Arc::new(AtomicU64::new(0));
-            let tasks: Vec<_> = (0..clients)
-                .map(|_| {
-                    let (client, url, shared, next, request) = (
-                        client.clone(),
-                        url.clone(),
-                        shared.clone(),
-                        next.clone(),
-                        request.clone(),
-                    );
-                    tokio::spawn(async move {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            if i >= count || end.is_some_and(|e| Instant::now() >= e) {
-                                break;
-                            }
-                            shared.sent();
-                            let at = Instant::now();
-                            let outcome = post_one(&client, &url, &request(i)).await;
-                            shared.record(outcome, at.elapsed());
-                        }
-                    })
-                })
-                .collect();
-            futures::future::join_all(tasks).await;
+            closed_loop(client, &url, request, shared, clients, bound).await;
         }
         Load::Rate(rate) => {
-            let outstanding = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING));
-            let mut i = 0u64;
-            while i < count {
-                // Fixed arrival times: a late answer never moves the next arrival.
-                let at = started + Duration::from_secs_f64(i as f64 / rate);
-                if end.is_some_and(|e| at >= e) {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                shared.sent();
-                match outstanding.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let (client, url, shared, body) =
-                            (client.clone(), url.clone(), shared.clone(), request(i));
-                        tokio::spawn(async move {
-                            let outcome = post_one(&client, &url, &body).await;
-                            // From the scheduled arrival: time spent behind a late
-                            // scheduler counts, as it would for a real client.
-                            shared.record(outcome, at.elapsed());
-                            drop(permit);
-                        });
-                    }
-                    Err(_) => shared.posting.lock().expect("not poisoned").skipped += 1,
-                }
-                i += 1;
-            }
-            // Every permit back: every request answered.
-            let _ = outstanding.acquire_many(MAX_OUTSTANDING as u32).await;
+            open_loop(client, &url, request, shared, rate, started, bound).await;
         }
     }
     // A copy: the progress bar goes on showing the counts.
     let mut p = shared.posting.lock().expect("not poisoned").clone();
     p.elapsed = started.elapsed();
     p
+}
+
+/// Where the posting phase ends: after `count` POSTs or at `end`, whichever comes first.
+#[derive(Clone, Copy)]
+struct Bound {
+    end: Option<Instant>,
+    count: u64,
+}
+
+/// The body of the request of each index: its buyer, and its kind from the mix.
+fn requests(
+    o: &Options,
+    run_id: &str,
+    seed: u64,
+) -> impl Fn(u64) -> Value + Clone + Send + 'static {
+    let (mix, run_id, users, price, amount) = (
+        o.mix.clone(),
+        run_id.to_string(),
+        o.users,
+        o.price,
+        o.amount,
+    );
+    move |i: u64| {
+        let user = username(&run_id, i, users);
+        purchase_body(mix.pick(seed, i), &user, price, amount)
+    }
+}
+
+/// Closed loop: `clients` tasks, each posting as soon as its last answer came.
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    request: impl Fn(u64) -> Value + Clone + Send + 'static,
+    shared: &Arc<Shared>,
+    clients: usize,
+    bound: Bound,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (client, url, shared, next, request) = (
+                client.clone(),
+                url.to_string(),
+                shared.clone(),
+                next.clone(),
+                request.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= bound.count || bound.end.is_some_and(|e| Instant::now() >= e) {
+                        break;
+                    }
+                    shared.sent();
+                    let at = Instant::now();
+                    let outcome = post_one(&client, &url, &request(i)).await;
+                    shared.record(outcome, at.elapsed());
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+}
+
+/// Open loop: `rate` arrivals per second from `started`, whatever the answers take, at most
+/// [`MAX_OUTSTANDING`] outstanding; returns once every request is answered.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    request: impl Fn(u64) -> Value,
+    shared: &Arc<Shared>,
+    rate: f64,
+    started: Instant,
+    bound: Bound,
+) {
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSTANDING));
+    let mut i = 0u64;
+    while i < bound.count {
+        // Fixed arrival times: a late answer never moves the next arrival.
+        let at = started + Duration::from_secs_f64(i as f64 / rate);
+        if bound.end.is_some_and(|e| at >= e) {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        shared.sent();
+        match outstanding.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (client, url, shared, body) =
+                    (client.clone(), url.to_string(), shared.clone(), request(i));
+                tokio::spawn(async move {
+                    let outcome = post_one(&client, &url, &body).await;
+                    // From the scheduled arrival: time spent behind a late
+                    // scheduler counts, as it would for a real client.
+                    shared.record(outcome, at.elapsed());
+                    drop(permit);
+                });
+            }
+            Err(_) => shared.posting.lock().expect("not poisoned").skipped += 1,
+        }
+        i += 1;
+    }
+    // Every permit back: every request answered.
+    let _ = outstanding.acquire_many(MAX_OUTSTANDING as u32).await;
 }
 
 async fn post_one(client: &reqwest::Client, url: &str, body: &Value) -> Outcome {

@@ -67,6 +67,31 @@ pub(crate) struct Ceiling {
     pub share: Option<f64>,
 }
 
+impl Ceiling {
+    /// The measured ceiling in orders/s, dividing by `messages_per_order` (or the least a
+    /// saga needs), and the run's `completed_per_s` as a share of it.
+    fn of(
+        c: &CeilingMeasure,
+        messages_per_order: Option<f64>,
+        completed_per_s: Option<f64>,
+    ) -> Ceiling {
+        let used = messages_per_order.unwrap_or(MIN_MESSAGES_PER_ORDER);
+        let orders_per_s = c.msg_per_s() / used;
+        Ceiling {
+            duration_s: round3(c.duration_s),
+            published_per_s: round3(c.published_per_s),
+            consumed_per_s: round3(c.consumed_per_s),
+            msg_per_s: round3(c.msg_per_s()),
+            messages_per_order_used: round3(used),
+            messages_per_order_measured: messages_per_order.is_some(),
+            orders_per_s: round3(orders_per_s),
+            share: completed_per_s
+                .filter(|_| orders_per_s > 0.0)
+                .map(|c| c / orders_per_s),
+        }
+    }
+}
+
 /// The run's parameters, as the report repeats them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Params {
@@ -169,26 +194,14 @@ pub(crate) fn summarize(run_id: &str, params: Params, seen: Observed) -> Report 
         ceiling,
         warnings,
     } = seen;
-    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut not_final, mut not_listed) = (0, 0);
-    let mut latencies = Vec::new();
-    let (mut first_created, mut last_final) = (i64::MAX, i64::MIN);
-    for o in &orders {
-        match o {
-            OrderState::Final {
-                status,
-                created_ms,
-                updated_ms,
-            } => {
-                *statuses.entry(status.clone()).or_default() += 1;
-                latencies.push((updated_ms - created_ms).max(0) as f64);
-                first_created = first_created.min(*created_ms);
-                last_final = last_final.max(*updated_ms);
-            }
-            OrderState::NotFinal => not_final += 1,
-            OrderState::NotListed => not_listed += 1,
-        }
-    }
+    let Tally {
+        statuses,
+        not_final,
+        not_listed,
+        latencies,
+        first_created,
+        last_final,
+    } = Tally::of(&orders);
     let final_orders = latencies.len() as u64;
     let window_s = (final_orders > 0).then(|| (last_final - first_created).max(0) as f64 / 1000.0);
     let completed_per_s = window_s
@@ -199,22 +212,7 @@ pub(crate) fn summarize(run_id: &str, params: Params, seen: Observed) -> Report 
         (final_orders > 0 && delivered > 0).then(|| delivered as f64 / final_orders as f64);
     let posting_s = posting.elapsed.as_secs_f64();
     let accepted = posting.accepted.len() as u64;
-    let ceiling = ceiling.map(|c| {
-        let used = messages_per_order.unwrap_or(MIN_MESSAGES_PER_ORDER);
-        let orders_per_s = c.msg_per_s() / used;
-        Ceiling {
-            duration_s: round3(c.duration_s),
-            published_per_s: round3(c.published_per_s),
-            consumed_per_s: round3(c.consumed_per_s),
-            msg_per_s: round3(c.msg_per_s()),
-            messages_per_order_used: round3(used),
-            messages_per_order_measured: messages_per_order.is_some(),
-            orders_per_s: round3(orders_per_s),
-            share: completed_per_s
-                .filter(|_| orders_per_s > 0.0)
-                .map(|c| c / orders_per_s),
-        }
-    });
+    let ceiling = ceiling.map(|c| Ceiling::of(&c, messages_per_order, completed_per_s));
     Report {
         run_id: run_id.to_string(),
         params,
@@ -245,6 +243,50 @@ pub(crate) fn summarize(run_id: &str, params: Params, seen: Observed) -> Report 
         stock_after,
         ceiling,
         warnings,
+    }
+}
+
+/// The accepted orders counted: the final ones by status, their latencies and time span.
+struct Tally {
+    statuses: BTreeMap<String, u64>,
+    not_final: u64,
+    not_listed: u64,
+    /// Per final order, in ms (server clock).
+    latencies: Vec<f64>,
+    /// Earliest created_at of a final order, in ms.
+    first_created: i64,
+    /// Latest updated_at of a final order, in ms.
+    last_final: i64,
+}
+
+impl Tally {
+    /// Counts `orders`.
+    fn of(orders: &[OrderState]) -> Tally {
+        let mut t = Tally {
+            statuses: BTreeMap::new(),
+            not_final: 0,
+            not_listed: 0,
+            latencies: Vec::new(),
+            first_created: i64::MAX,
+            last_final: i64::MIN,
+        };
+        for o in orders {
+            match o {
+                OrderState::Final {
+                    status,
+                    created_ms,
+                    updated_ms,
+                } => {
+                    *t.statuses.entry(status.clone()).or_default() += 1;
+                    t.latencies.push((updated_ms - created_ms).max(0) as f64);
+                    t.first_created = t.first_created.min(*created_ms);
+                    t.last_final = t.last_final.max(*updated_ms);
+                }
+                OrderState::NotFinal => t.not_final += 1,
+                OrderState::NotListed => t.not_listed += 1,
+            }
+        }
+        t
     }
 }
 
