@@ -246,6 +246,23 @@ fn ip_host(url: &str) -> Option<String> {
     }
 }
 
+/// The longest a channel's setup (open, qos, consume, confirm mode) may take. A request
+/// made while the broker drops the connection may never be answered, and a consumer or a
+/// publisher must not wait on a dead connection for good: past this, it starts over.
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a consumer checks that its connection is still up.
+const CONNECTION_CHECK: Duration = Duration::from_millis(250);
+
+/// Resolves once `conn` is no longer connected: what the supervisor sees before it
+/// reconnects. A consumer selects on it beside its deliveries, so that it moves to the next
+/// connection even if its stream on the dead one never ends.
+pub(crate) async fn lost(conn: &Connection) {
+    while conn.status().connected() {
+        tokio::time::sleep(CONNECTION_CHECK).await;
+    }
+}
+
 /// Closes `conn`, waiting at most 2 s for the broker's answer.
 pub async fn close(conn: &Connection, reason: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, reason.into())).await;

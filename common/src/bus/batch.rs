@@ -24,7 +24,7 @@ use lapin::{Acker, Connection, options::BasicAckOptions};
 use tokio_util::task::TaskTracker;
 
 use super::consume::{process_alone, process_span, subscribe, unsubscribe};
-use super::{Broker, Handler, HandlerError, Incoming};
+use super::{Broker, Handler, HandlerError, Incoming, lost};
 use crate::{metrics::ConsumerMetrics, room::Room, shutdown::Shutdown, telemetry, topology};
 
 /// Handles several messages as one unit of work, typically one database transaction.
@@ -139,6 +139,7 @@ impl<H: BatchHandler> Batches<'_, H> {
             let first = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 next = consumer.next() => next,
+                () = lost(conn) => anyhow::bail!("the connection to RabbitMQ was lost"),
             };
             let mut deliveries = vec![first];
             let max = self.options.max_batch.min(room).max(1);

@@ -15,7 +15,7 @@ use lapin::{
 };
 use tokio_util::task::TaskTracker;
 
-use super::{Broker, transient};
+use super::{Broker, SETUP_TIMEOUT, lost, transient};
 use crate::metrics::ConsumerMetrics;
 use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, shutdown::Shutdown, topology};
@@ -249,7 +249,8 @@ async fn consume_on<H: Handler>(
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("consumer of {queue} was cancelled"),
-            }
+            },
+            () = lost(conn) => anyhow::bail!("the connection to RabbitMQ was lost"),
         }
     }
 }
@@ -257,6 +258,16 @@ async fn consume_on<H: Handler>(
 /// A consumer of `queue` on a channel of its own, with `prefetch` deliveries in flight at
 /// most; returns the channel and the consumer's tag too, to cancel it.
 pub(super) async fn subscribe(
+    conn: &Connection,
+    queue: &'static str,
+    prefetch: u16,
+) -> anyhow::Result<(Channel, String, lapin::Consumer)> {
+    tokio::time::timeout(SETUP_TIMEOUT, subscribe_now(conn, queue, prefetch))
+        .await
+        .with_context(|| format!("subscribing to {queue}: no answer from RabbitMQ"))?
+}
+
+async fn subscribe_now(
     conn: &Connection,
     queue: &'static str,
     prefetch: u16,

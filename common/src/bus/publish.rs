@@ -1,5 +1,7 @@
 //! The confirming publisher: a channel of its own, confirms awaited while the next batch goes out.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use lapin::{
     BasicProperties, Channel, Confirmation,
@@ -7,7 +9,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use super::Broker;
+use super::{Broker, SETUP_TIMEOUT};
 use crate::pending::Pending;
 use crate::telemetry::{self, KeyValue, Span, SpanKind};
 
@@ -35,13 +37,25 @@ impl Publisher {
                 .broker
                 .try_connection()
                 .context("not connected to RabbitMQ")?;
-            let channel = conn.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            let open = async {
+                let channel = conn.create_channel().await?;
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                anyhow::Ok(channel)
+            };
+            let channel = tokio::time::timeout(SETUP_TIMEOUT, open)
+                .await
+                .context("opening a publishing channel: no answer from RabbitMQ")??;
             self.channel = Some(channel);
         }
         Ok(self.channel.as_ref().expect("set above"))
+    }
+
+    /// Drops the channel: the next publish opens a new one. After confirms that did not
+    /// come, the channel is not to be trusted.
+    pub fn reset(&mut self) {
+        self.channel = None;
     }
 
     /// Publishes every message (pipelined) and returns the ids the broker confirmed and
@@ -50,7 +64,7 @@ impl Publisher {
         let sent = self.send_all(batch).await?;
         let confirmed = sent.confirmed().await;
         if confirmed.is_err() {
-            self.channel = None;
+            self.reset();
         }
         confirmed
     }
@@ -60,7 +74,7 @@ impl Publisher {
     pub async fn send_all(&mut self, batch: &[Pending]) -> anyhow::Result<Sent> {
         let result = self.try_send_all(batch).await;
         if result.is_err() {
-            self.channel = None;
+            self.reset();
         }
         result
     }
@@ -111,6 +125,12 @@ impl Publisher {
     }
 }
 
+/// The longest the confirms of one batch are awaited. They normally take a broker round
+/// trip; a channel whose connection died may never answer, and its messages must not be
+/// held in flight for good: past this they are published again (the consumers' inbox drops
+/// a duplicate).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Messages published and not yet confirmed.
 pub struct Sent {
     confirms: Vec<Sending>,
@@ -129,8 +149,15 @@ impl Sent {
         self.confirms.iter().map(|s| s.id.as_str())
     }
 
-    /// Waits for the broker's confirms and returns the ids it confirmed and routed.
+    /// Waits for the broker's confirms, at most [`CONFIRM_TIMEOUT`], and returns the ids it
+    /// confirmed and routed.
     pub async fn confirmed(self) -> anyhow::Result<Vec<String>> {
+        tokio::time::timeout(CONFIRM_TIMEOUT, self.confirmed_now())
+            .await
+            .context("no confirm from RabbitMQ in time; the messages stay in the outbox")?
+    }
+
+    async fn confirmed_now(self) -> anyhow::Result<Vec<String>> {
         let mut confirmed = Vec::with_capacity(self.confirms.len());
         for Sending {
             id,

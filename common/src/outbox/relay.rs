@@ -154,7 +154,7 @@ impl Relay {
         for id in &ids {
             self.in_flight.remove(id);
         }
-        let confirmed = confirmed?;
+        let confirmed = confirmed.inspect_err(|_| self.publisher.reset())?;
         delete(&self.db, &confirmed).await?;
         if confirmed.len() < ids.len() {
             anyhow::bail!(
