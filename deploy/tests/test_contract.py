@@ -1,7 +1,8 @@
 """What deploy/ passes to the binary is what the binary takes: its targets and its variables.
 
-Read from the source (src/lib.rs TARGETS, common/src/config.rs VARIABLES), so a renamed
-target or variable fails here instead of in a cluster.
+Read from the source (the services' names in contracts/src/targets.rs, VARIABLES in
+common/src/config/variables.rs), so a renamed target or variable fails here instead of in a
+cluster.
 """
 
 from __future__ import annotations
@@ -28,11 +29,17 @@ def const_block(path: str, name: str) -> str:
 
 
 def binary_targets() -> set[str]:
-    return set(re.findall(r'\(\s*"([a-z][a-z-]*)",', const_block("src/lib.rs", "TARGETS")))
+    """`all` and every service's name, as `Service::name` spells them."""
+    text = (REPO / "contracts/src/targets.rs").read_text()
+    m = re.search(r"pub const fn name\(self\) -> &'static str \{(.*?)\n    \}", text, re.S)
+    assert m, "Service::name not found in contracts/src/targets.rs"
+    names = set(re.findall(r'Service::\w+ => "([a-z][a-z-]*)"', m[1]))
+    assert names, "no service name found in Service::name"
+    return names | {"all"}
 
 
 def binary_variables() -> set[str]:
-    return set(re.findall(r'\(\s*"([A-Z][A-Z0-9_]*)",', const_block("common/src/config.rs", "VARIABLES")))
+    return set(re.findall(r'\(\s*"([A-Z][A-Z0-9_]*)",', const_block("common/src/config/variables.rs", "VARIABLES")))
 
 
 def test_deploy_runs_every_service_target_the_binary_has():
