@@ -23,11 +23,13 @@ use crate::{backoff::Backoff, config::redact, shutdown::Shutdown};
 
 mod batch;
 mod consume;
+mod incoming;
 mod publish;
 mod topology_check;
 mod transient;
 pub use batch::{BatchHandler, BatchOptions, consume_batches};
-pub use consume::{Handler, HandlerError, Incoming, MAX_TRANSIENT_ATTEMPTS, consume, header_i64};
+pub use consume::{Handler, HandlerError, MAX_TRANSIENT_ATTEMPTS, consume};
+pub use incoming::{Incoming, header_i64};
 pub use publish::{Publisher, Sent};
 pub use topology_check::{
     TopologyConflict, TopologyConflicts, check_topology, declare_topology, queue_arguments,

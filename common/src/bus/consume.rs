@@ -6,7 +6,7 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 use anyhow::Context;
 use futures::{FutureExt, StreamExt};
 use lapin::{
-    BasicProperties, Channel, Connection,
+    Channel, Connection,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicQosOptions, BasicRejectOptions,
@@ -15,7 +15,7 @@ use lapin::{
 };
 use tokio_util::task::TaskTracker;
 
-use super::{Broker, SETUP_TIMEOUT, lost, transient};
+use super::{Broker, Incoming, SETUP_TIMEOUT, lost, transient};
 use crate::metrics::ConsumerMetrics;
 use crate::telemetry::{self, KeyValue, Span, SpanKind};
 use crate::{backoff::Backoff, shutdown::Shutdown, topology};
@@ -104,69 +104,6 @@ pub(super) fn process_span(service: &str, queue: &str, msg: &Incoming) -> Span {
         &parent,
         attributes,
     )
-}
-
-/// A consumed message, as handlers see it.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub message_id: String,
-    pub routing_key: String,
-    pub exchange: String,
-    pub correlation_id: Option<String>,
-    pub body: Vec<u8>,
-    pub redelivered: bool,
-    pub properties: BasicProperties,
-    /// The context of the message's consumer span: work done for it, and messages it
-    /// causes, belong to its trace. Set by the consume loops.
-    pub cx: telemetry::Context,
-}
-
-impl Incoming {
-    /// The message of a delivery, and what acknowledges it.
-    pub(super) fn from_delivery(delivery: lapin::message::Delivery) -> (Incoming, lapin::Acker) {
-        let msg = Incoming {
-            message_id: delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|s| s.to_string())
-                .unwrap_or_default(),
-            routing_key: delivery.routing_key.to_string(),
-            exchange: delivery.exchange.to_string(),
-            correlation_id: delivery
-                .properties
-                .correlation_id()
-                .as_ref()
-                .map(|s| s.to_string()),
-            body: delivery.data,
-            redelivered: delivery.redelivered,
-            properties: delivery.properties,
-            cx: telemetry::Context::new(),
-        };
-        (msg, delivery.acker)
-    }
-
-    /// Deliveries so far, as counted by the quorum queue (0 on the first).
-    pub fn delivery_count(&self) -> i64 {
-        header_i64(&self.properties, "x-delivery-count").unwrap_or(0)
-    }
-
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| HandlerError::Permanent(anyhow::anyhow!("undecodable message: {e}")))
-    }
-}
-
-pub fn header_i64(props: &BasicProperties, name: &str) -> Option<i64> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        _ => None,
-    }
 }
 
 /// Why a handler did not finish. The kind alone decides what happens to the message;
@@ -346,31 +283,13 @@ pub(super) async fn process_alone<H: Handler>(
     let can_reject = topology::dead_letters(queue);
     let mut attempts = 0;
     loop {
-        let outcome = if msg.message_id.is_empty() && can_reject {
-            tracing::error!(
-                queue,
-                "rejecting a message without message_id to the dead-letter store"
-            );
-            Err(HandlerError::Permanent(anyhow::anyhow!(
-                "message has no message_id"
-            )))
-        } else {
-            match AssertUnwindSafe(handler.handle(&msg)).catch_unwind().await {
-                Ok(r) => r,
-                Err(_) => {
-                    counters.transient.inc();
-                    // A panic may repeat on every delivery: requeue, and the queue's delivery
-                    // limit sends it to the dead-letter store after a few attempts.
-                    tracing::error!(queue, id = %msg.message_id, "handler panicked; requeueing");
-                    let _ = acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                    return;
-                }
-            }
+        let Some(outcome) = attempt(&msg, &*handler, queue, can_reject).await else {
+            counters.transient.inc();
+            // A panic may repeat on every delivery: requeue, and the queue's delivery
+            // limit sends it to the dead-letter store after a few attempts.
+            tracing::error!(queue, id = %msg.message_id, "handler panicked; requeueing");
+            requeue(&acker).await;
+            return;
         };
         let error = match outcome {
             Ok(()) => {
@@ -402,12 +321,7 @@ pub(super) async fn process_alone<H: Handler>(
         }
         counters.transient.inc();
         if shutdown.is_cancelled() {
-            let _ = acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            requeue(&acker).await;
             return;
         }
         if attempts == MAX_TRANSIENT_ATTEMPTS && !can_reject {
@@ -417,4 +331,37 @@ pub(super) async fn process_alone<H: Handler>(
         tracing::warn!(queue, id = %msg.message_id, error = %format!("{error:#}"), ?delay, "failed; retrying");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// One attempt at `msg`: the handler's outcome, or None when the handler panicked. A
+/// message without an id is refused without a handler where it can be rejected.
+async fn attempt<H: Handler>(
+    msg: &Incoming,
+    handler: &H,
+    queue: &'static str,
+    can_reject: bool,
+) -> Option<Result<(), HandlerError>> {
+    if msg.message_id.is_empty() && can_reject {
+        tracing::error!(
+            queue,
+            "rejecting a message without message_id to the dead-letter store"
+        );
+        return Some(Err(HandlerError::Permanent(anyhow::anyhow!(
+            "message has no message_id"
+        ))));
+    }
+    AssertUnwindSafe(handler.handle(msg))
+        .catch_unwind()
+        .await
+        .ok()
+}
+
+/// Gives the message back to its queue.
+async fn requeue(acker: &lapin::Acker) {
+    let _ = acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
 }
