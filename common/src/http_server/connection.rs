@@ -92,25 +92,36 @@ pub async fn serve(
         let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             let _slot = slot;
-            tokio::select! {
-                served = connection => {
-                    if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                expired = activity.expired(timeouts) => {
-                    // Dropping the connection closes its socket.
-                    tracing::debug!(%peer, timeout = expired.as_str(), "HTTP connection closed");
-                }
-                _ = closed_by_handler.cancelled() => {
-                    tracing::debug!(%peer, "HTTP connection closed by its handler");
-                }
-            }
+            until_closed(connection, &activity, timeouts, closed_by_handler, peer).await;
         });
     }
     // New connection attempts are refused from here on.
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves one connection until it ends, one of its deadlines passes, or its handler closes
+/// it. Dropping the connection closes its socket.
+async fn until_closed<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    activity: &Activity,
+    timeouts: Timeouts,
+    closed_by_handler: CancellationToken,
+    peer: std::net::SocketAddr,
+) {
+    tokio::select! {
+        served = connection => {
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        expired = activity.expired(timeouts) => {
+            tracing::debug!(%peer, timeout = expired.as_str(), "HTTP connection closed");
+        }
+        _ = closed_by_handler.cancelled() => {
+            tracing::debug!(%peer, "HTTP connection closed by its handler");
+        }
+    }
 }
 
 /// As `axum::serve`: a connection that failed before it was accepted is the client's
