@@ -95,29 +95,8 @@ pub(crate) fn annotate(t: &mut Transition, old_len: usize, cx: &Context) -> Vec<
     };
     let work_span = telemetry::span_id(cx).or_else(|| telemetry::span_id(&saga_cx));
     let mut closed = Vec::new();
-    let close = |open: crate::saga::OpenStep, end_ms: i64, outcome: &str, detail: Option<&str>| {
-        let mut attributes = vec![
-            KeyValue::new("marketplace.order_id", order_id.clone()),
-            KeyValue::new("marketplace.step", open.step.name()),
-            KeyValue::new("marketplace.step.compensation", open.step.is_compensation()),
-            KeyValue::new("marketplace.step.outcome", outcome.to_string()),
-        ];
-        if let Some(d) = &open.detail {
-            attributes.push(KeyValue::new("marketplace.step.attempt", d.clone()));
-        }
-        if let Some(d) = detail {
-            attributes.push(KeyValue::new("marketplace.step.detail", d.to_string()));
-        }
-        let failed = matches!(outcome, "failed" | "timed_out" | "dead_lettered" | "resent");
-        Closed {
-            name: open.step.name().to_string(),
-            span_id: open.span_id,
-            parent: saga_cx.clone(),
-            start_ms: open.sent_at_ms,
-            end_ms,
-            attributes,
-            error: failed.then(|| format!("{} {outcome}", open.step.name())),
-        }
+    let close = |open, end_ms, outcome: &str, detail: Option<&str>| {
+        step_span(open, &saga_cx, &order_id, end_ms, outcome, detail)
     };
     for entry in t.saga.timeline.iter_mut().skip(old_len) {
         if entry.event == TimelineEvent::Sent {
@@ -151,26 +130,68 @@ pub(crate) fn annotate(t: &mut Transition, old_len: usize, cx: &Context) -> Vec<
         if let Some(open) = trace.open.take() {
             closed.push(close(open, now_ms, "abandoned", None));
         }
-        let parent =
-            telemetry::remote_context(&trace.trace_id, &trace.parent_span_id, trace.sampled);
-        let failed = matches!(
-            status,
-            common::domain::OrderStatus::Timeout | common::domain::OrderStatus::Unknown
-        );
-        closed.push(Closed {
-            name: "saga".to_string(),
-            span_id: trace.span_id.clone(),
-            parent,
-            start_ms: trace.started_at_ms,
-            end_ms: now_ms,
-            attributes: vec![
-                KeyValue::new("marketplace.order_id", order_id.clone()),
-                KeyValue::new("marketplace.order.status", status.as_str()),
-            ],
-            error: failed.then(|| format!("order finished {}", status.as_str())),
-        });
+        closed.push(saga_span(trace, &order_id, status, now_ms));
     }
     closed
+}
+
+/// The span of a step from its command to `end_ms`, ended by `outcome`.
+fn step_span(
+    open: crate::saga::OpenStep,
+    saga_cx: &Context,
+    order_id: &str,
+    end_ms: i64,
+    outcome: &str,
+    detail: Option<&str>,
+) -> Closed {
+    let mut attributes = vec![
+        KeyValue::new("marketplace.order_id", order_id.to_string()),
+        KeyValue::new("marketplace.step", open.step.name()),
+        KeyValue::new("marketplace.step.compensation", open.step.is_compensation()),
+        KeyValue::new("marketplace.step.outcome", outcome.to_string()),
+    ];
+    if let Some(d) = &open.detail {
+        attributes.push(KeyValue::new("marketplace.step.attempt", d.clone()));
+    }
+    if let Some(d) = detail {
+        attributes.push(KeyValue::new("marketplace.step.detail", d.to_string()));
+    }
+    let failed = matches!(outcome, "failed" | "timed_out" | "dead_lettered" | "resent");
+    Closed {
+        name: open.step.name().to_string(),
+        span_id: open.span_id,
+        parent: saga_cx.clone(),
+        start_ms: open.sent_at_ms,
+        end_ms,
+        attributes,
+        error: failed.then(|| format!("{} {outcome}", open.step.name())),
+    }
+}
+
+/// The span of the whole saga, from the order's placing to its final `status`.
+fn saga_span(
+    trace: &crate::saga::SagaTrace,
+    order_id: &str,
+    status: common::domain::OrderStatus,
+    end_ms: i64,
+) -> Closed {
+    let parent = telemetry::remote_context(&trace.trace_id, &trace.parent_span_id, trace.sampled);
+    let failed = matches!(
+        status,
+        common::domain::OrderStatus::Timeout | common::domain::OrderStatus::Unknown
+    );
+    Closed {
+        name: "saga".to_string(),
+        span_id: trace.span_id.clone(),
+        parent,
+        start_ms: trace.started_at_ms,
+        end_ms,
+        attributes: vec![
+            KeyValue::new("marketplace.order_id", order_id.to_string()),
+            KeyValue::new("marketplace.order.status", status.as_str()),
+        ],
+        error: failed.then(|| format!("order finished {}", status.as_str())),
+    }
 }
 
 pub(crate) fn record_closed(closed: Vec<Closed>) {
