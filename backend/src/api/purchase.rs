@@ -14,7 +14,7 @@ use axum::{
 use common::{
     domain::{OrderId, OrderStatus},
     messages::{ManagerMessage, PlaceOrder},
-    outbox,
+    outbox::{self, Pending},
     telemetry::{self, Context},
     time::now_ms,
     topology,
@@ -227,19 +227,32 @@ pub async fn purchase(
         tracing::debug!(%order_id, "order accepted");
         return Ok(answer_with(StatusCode::ACCEPTED, order_id, answer, false));
     };
-    // With a key: the key, the order and its message in a transaction of their own.
+    place_with_key(&app, key, &purchase, placed, message, answer).await
+}
+
+/// Places an order whose request carries an idempotency key: the key, the order and its
+/// message in a transaction of their own; a key already claimed answers as the first time.
+async fn place_with_key(
+    app: &AppState,
+    key: &IdempotencyKey,
+    purchase: &Purchase,
+    placed: Placed,
+    message: Pending,
+    answer: String,
+) -> Result<Response, ApiError> {
+    let order_id = placed.id;
     let mut tx = app.db.begin().await?;
     let record = Recorded {
-        fingerprint: fingerprint(&purchase),
+        fingerprint: fingerprint(purchase),
         order_id,
         response_status: StatusCode::ACCEPTED.as_u16(),
         response_body: answer.clone(),
     };
     // First in the transaction: a concurrent request with the same key waits here
     // (PostgreSQL) until this one commits or rolls back, before writing anything.
-    if !store::idempotency::claim(&mut tx, key.as_str(), &record, placed_at_ms).await? {
+    if !store::idempotency::claim(&mut tx, key.as_str(), &record, placed.placed_at_ms).await? {
         tx.rollback().await?;
-        return replay(&app, key, &record.fingerprint).await;
+        return replay(app, key, &record.fingerprint).await;
     }
     store::orders::insert_placed_many(&mut tx, std::slice::from_ref(&placed)).await?;
     outbox::enqueue_pending(&mut tx, &message).await?;
