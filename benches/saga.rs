@@ -15,6 +15,7 @@ mod support;
 
 use std::{collections::BTreeMap, time::Instant};
 
+use common::messages::TimelineEvent;
 use serde_json::{Value, json};
 use support::*;
 
@@ -122,6 +123,14 @@ async fn run() {
         final_order(&m.base_url, &id, std::time::Duration::from_secs(10)).await;
     }
 
+    latency(&m.base_url, sequential).await;
+    throughput(&m.base_url, orders, clients).await;
+    m.stop().await.expect("drains cleanly");
+}
+
+/// `sequential` orders one after the other: POST → final as the client sees it, the saga
+/// from its first to its last timeline entry, and each step from command to reply.
+async fn latency(base_url: &str, sequential: usize) {
     println!("latency: {sequential} sequential SUCCESS orders");
     let mut end_to_end = Vec::new();
     let mut saga = Vec::new();
@@ -129,50 +138,59 @@ async fn run() {
     for i in 0..sequential {
         let started = Instant::now();
         let id = purchase(
-            &m.base_url,
+            base_url,
             json!({"username": format!("seq{}", i % 10), "price": 1, "amount": 1}),
         )
         .await;
-        let done = final_order(&m.base_url, &id, std::time::Duration::from_secs(10)).await;
+        let done = final_order(base_url, &id, std::time::Duration::from_secs(10)).await;
         end_to_end.push(started.elapsed().as_secs_f64() * 1000.0);
         assert_eq!(done["status"], "SUCCESS");
-        let o = order(&m.base_url, &id).await;
+        let o = order(base_url, &id).await;
         let timeline = o["timeline"].as_array().unwrap();
         let first = at_ms(&timeline.first().unwrap()["at"]);
         let last = at_ms(&timeline.last().unwrap()["at"]);
         saga.push(ms_between(first, last));
-        let mut sent: BTreeMap<&str, i64> = BTreeMap::new();
-        for e in timeline {
-            let step = e["step"].as_str().unwrap();
-            let at = at_ms(&e["at"]);
-            match e["event"].as_str().unwrap() {
-                "sent" => {
-                    sent.insert(step, at);
-                }
-                "done" => {
-                    if let Some(s) = sent.get(step) {
-                        steps
-                            .entry(step.to_string())
-                            .or_default()
-                            .push(ms_between(*s, at));
-                    }
-                }
-                _ => {}
-            }
-        }
+        record_steps(timeline, &mut steps);
     }
     summary("POST -> final seen by client", end_to_end);
     summary("saga (first -> last entry)", saga);
     for (step, values) in steps {
         summary(&format!("step {step}"), values);
     }
+}
 
+/// Adds each step's time from its command (`sent`) to its reply (`done`) in `timeline`.
+fn record_steps(timeline: &[Value], steps: &mut BTreeMap<String, Vec<f64>>) {
+    let mut sent: BTreeMap<&str, i64> = BTreeMap::new();
+    for e in timeline {
+        let step = e["step"].as_str().unwrap();
+        let at = at_ms(&e["at"]);
+        match TimelineEvent::parse(e["event"].as_str().unwrap()) {
+            Some(TimelineEvent::Sent) => {
+                sent.insert(step, at);
+            }
+            Some(TimelineEvent::Done) => {
+                if let Some(s) = sent.get(step) {
+                    steps
+                        .entry(step.to_string())
+                        .or_default()
+                        .push(ms_between(*s, at));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `orders` orders from `clients` concurrent clients: how fast they are accepted, and how
+/// fast they are all final.
+async fn throughput(base_url: &str, orders: usize, clients: usize) {
     println!("throughput: {orders} orders from {clients} concurrent clients");
     let started = Instant::now();
     let per_client = orders / clients;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let base = m.base_url.clone();
+        let base = base_url.to_string();
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::with_capacity(per_client);
             for _ in 0..per_client {
@@ -194,7 +212,7 @@ async fn run() {
     let accepted_in = started.elapsed();
     let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
     for id in &ids {
-        let o = final_order(&m.base_url, id, std::time::Duration::from_secs(120)).await;
+        let o = final_order(base_url, id, std::time::Duration::from_secs(120)).await;
         *statuses
             .entry(o["status"].as_str().unwrap().to_string())
             .or_default() += 1;
@@ -211,5 +229,4 @@ async fn run() {
     // Under load a step can miss its deadline (STEP_TIMEOUT_MS): that is a TIMEOUT, with
     // its compensations, not an error of the benchmark.
     println!("  final statuses: {statuses:?}");
-    m.stop().await.expect("drains cleanly");
 }
