@@ -99,101 +99,110 @@ impl Default for Metrics {
     }
 }
 
+/// Makes metrics and registers each in one registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+        self.0.register(Box::new(c.clone())).expect("unique name");
+        c
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+        self.0.register(Box::new(g.clone())).expect("unique name");
+        g
+    }
+
+    fn histogram(&self, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let h = HistogramVec::new(opts, labels).expect("valid histogram");
+        self.0.register(Box::new(h.clone())).expect("unique name");
+        h
+    }
+}
+
 impl Metrics {
     /// A fresh registry with every metric registered (for one instance; see [`for_instance`]).
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique name");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique name");
-            g
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
-            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-            let h = HistogramVec::new(opts, labels).expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique name");
-            h
-        };
+        let r = Registrar(&registry);
         Metrics {
-            orders: counter(
+            orders: r.counter(
                 "marketplace_orders_total",
                 "Orders finished, by final status (counted once per saga).",
                 &["status"],
             ),
-            step_seconds: histogram(
+            step_seconds: r.histogram(
                 "marketplace_saga_step_duration_seconds",
                 "Saga step: command sent to reply or deadline, as the manager sees it.",
                 &["step", "outcome"],
                 LATENCY_BUCKETS,
             ),
-            saga_seconds: histogram(
+            saga_seconds: r.histogram(
                 "marketplace_saga_duration_seconds",
                 "Whole saga: order placed to final status.",
                 &["status"],
                 LATENCY_BUCKETS,
             ),
-            compensations: counter(
+            compensations: r.counter(
                 "marketplace_compensations_total",
                 "Compensations started (first attempt sent), by step.",
                 &["step"],
             ),
-            compensation_retries: counter(
+            compensation_retries: r.counter(
                 "marketplace_compensation_retries_total",
                 "Compensations sent again after their deadline, by step.",
                 &["step"],
             ),
-            sagas_in_flight: gauge(
+            sagas_in_flight: r.gauge(
                 "marketplace_sagas_in_flight",
                 "Sagas not finished yet, from the manager's database.",
                 &["service"],
             ),
-            outbox_backlog: gauge(
+            outbox_backlog: r.gauge(
                 "marketplace_outbox_backlog_messages",
                 "Messages waiting in a service's outbox to be published.",
                 &["service"],
             ),
-            dead_letters: counter(
+            dead_letters: r.counter(
                 "marketplace_dead_letters_total",
                 "Dead letters stored, by the queue they were dead-lettered from.",
                 &["queue"],
             ),
-            dead_letters_open: gauge(
+            dead_letters_open: r.gauge(
                 "marketplace_dead_letters_open",
                 "Dead letters stored and not resolved, from the dead-letter database.",
                 &["service"],
             ),
-            redeliveries: counter(
+            redeliveries: r.counter(
                 "marketplace_consumer_redeliveries_total",
                 "Deliveries that were not the first delivery of their message, by queue.",
                 &["queue"],
             ),
-            consumed: counter(
+            consumed: r.counter(
                 "marketplace_messages_consumed_total",
                 "Handler outcomes by queue: ok (acked), transient (retried), permanent (rejected).",
                 &["queue", "result"],
             ),
-            http_requests: counter(
+            http_requests: r.counter(
                 "marketplace_http_requests_total",
                 "HTTP requests by method, route template and status.",
                 &["method", "route", "status"],
             ),
-            http_seconds: histogram(
+            http_seconds: r.histogram(
                 "marketplace_http_request_duration_seconds",
                 "HTTP request durations by method and route template.",
                 &["method", "route"],
                 HTTP_BUCKETS,
             ),
-            order_stream_clients: gauge(
+            order_stream_clients: r.gauge(
                 "marketplace_order_stream_clients",
                 "Clients streaming /api/orders/stream from this process.",
                 &["service"],
             ),
-            order_stream_dropped: counter(
+            order_stream_dropped: r.counter(
                 "marketplace_order_stream_dropped_total",
                 "Order stream clients disconnected for not keeping up, by reason (stalled, lagged).",
                 &["service", "reason"],
