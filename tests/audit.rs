@@ -41,8 +41,8 @@ async fn quiescent_audit(base_url: &str) -> Value {
 }
 
 /// A configuration that finds the stores through `variable` (DATA_DIR, DATABASE_URL).
-fn store_config(variable: &str, value: String) -> common::config::Config {
-    common::config::Config::from_lookup(|k| (k == variable).then(|| value.clone())).unwrap()
+fn store_config(variable: &str, value: &str) -> common::config::Config {
+    common::config::Config::from_lookup(|k| (k == variable).then(|| value.to_string())).unwrap()
 }
 
 /// The audit as `marketplace::audit::run` does it at `grace_ms=0`, with windows of
@@ -119,7 +119,7 @@ async fn the_audit_passes_after_every_outcome_and_finds_a_tampered_balance() {
     assert_eq!(violations(&cli, 2), found);
 
     // Windows of 3 order ids (several windows for these orders) find the same as one.
-    let config = store_config("DATA_DIR", m._data.path().display().to_string());
+    let config = store_config("DATA_DIR", &m._data.path().display().to_string());
     let whole = windowed_audit(&config, 1_000_000).await;
     assert_eq!(violations(&whole, 2), found);
     let windowed = windowed_audit(&config, 3).await;
@@ -149,7 +149,7 @@ async fn the_audit_passes_on_postgres() {
     let report = quiescent_audit(&m.base_url).await;
     assert_eq!(report["ok"], true, "{report:#}");
     // The books' sums (BIGINT sums are NUMERIC on PostgreSQL) and the windows.
-    let windowed = windowed_audit(&store_config("DATABASE_URL", db.url()), 2).await;
+    let windowed = windowed_audit(&store_config("DATABASE_URL", &db.url()), 2).await;
     assert_eq!(windowed["ok"], true, "{windowed:#}");
     assert_eq!(windowed["orders"], report["orders"]);
     m.stop().await.expect("drains cleanly");

@@ -573,7 +573,7 @@ async fn a_dead_lettered_place_order_finishes_unknown_and_its_replay_changes_not
         other => panic!("not the PlaceOrder: {other:?}"),
     }
     let (_, page) = get(&format!("{base}/api/dead-letters?order_id={order_id}")).await;
-    let found = |page: &Value| page["items"].as_array().map_or(0, |a| a.len());
+    let found = |page: &Value| page["items"].as_array().map_or(0, Vec::len);
     wait_for(
         || async {
             found(

@@ -40,9 +40,9 @@ static ONE_BURST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_sagas_in_flight_ends_all_success_with_a_short_step_timeout() {
-    let _alone = ONE_BURST_AT_A_TIME.lock().await;
     const BOUND: usize = 8;
     const ORDERS: usize = 300;
+    let _alone = ONE_BURST_AT_A_TIME.lock().await;
     // Short enough that without the bound the burst's queued commands time out (each step
     // waits behind up to 300 others); with it, each waits behind at most 8.
     let m = InProcess::start(&[

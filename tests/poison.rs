@@ -252,7 +252,7 @@ where
 fn assert_rejected_after(
     attempts: u32,
     expected_attempts: u32,
-    letter: lapin::message::BasicGetMessage,
+    letter: &lapin::message::BasicGetMessage,
 ) {
     assert_eq!(
         letter
@@ -260,7 +260,7 @@ fn assert_rejected_after(
             .properties
             .message_id()
             .as_ref()
-            .map(|s| s.as_str()),
+            .map(lapin::types::ShortString::as_str),
         Some("always-transient")
     );
     let reason = letter
@@ -283,7 +283,7 @@ async fn a_message_failing_transiently_forever_is_rejected_to_the_dead_letter_qu
         bus::consume(broker, QUEUE, 4, handler, shutdown)
     })
     .await;
-    assert_rejected_after(attempts, bus::MAX_TRANSIENT_ATTEMPTS, letter.unwrap());
+    assert_rejected_after(attempts, bus::MAX_TRANSIENT_ATTEMPTS, &letter.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,7 +303,7 @@ async fn a_batch_message_failing_transiently_forever_is_rejected_to_the_dead_let
     })
     .await;
     // The batch it came in, then the bounded attempts alone.
-    assert_rejected_after(attempts, 1 + bus::MAX_TRANSIENT_ATTEMPTS, letter.unwrap());
+    assert_rejected_after(attempts, 1 + bus::MAX_TRANSIENT_ATTEMPTS, &letter.unwrap());
 }
 
 /// Fails with "the database cannot be reached" `outage` times, then succeeds.

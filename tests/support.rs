@@ -111,7 +111,7 @@ pub(crate) async fn publish_confirmed(
 
 /// Runs `rabbitmqctl` and panics with its error output if it fails.
 pub(crate) fn rabbitmqctl_ok(args: &[&str]) {
-    rabbitmqctl(args)
+    rabbitmqctl(args);
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -538,7 +538,7 @@ pub(crate) async fn run_scenarios(base_url: &str) {
         );
     }
     let mut sorted = listed.clone();
-    sorted.sort();
+    sorted.sort_unstable();
     assert_eq!(listed, sorted, "all-transaction is oldest first");
 }
 

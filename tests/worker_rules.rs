@@ -33,7 +33,7 @@ async fn store(
     let dir = tempfile::tempdir().unwrap();
     let pg = postgres.then(PgDatabase::create);
     let data_dir = dir.path().display().to_string();
-    let url = pg.as_ref().map(|p| p.url());
+    let url = pg.as_ref().map(support::PgDatabase::url);
     let config = Config::from_lookup(|k| match k {
         "DATA_DIR" => Some(data_dir.clone()),
         "DATABASE_URL" => url.clone(),

@@ -280,8 +280,8 @@ async fn tail(feed: Weak<Inner>, wake: Arc<Notify>) {
         }
         drop(inner);
         tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            () = wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
         }
     }
 }

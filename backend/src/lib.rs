@@ -85,15 +85,15 @@ async fn sweep_idempotency_keys(db: Db, ttl: std::time::Duration, shutdown: Shut
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
         }
         let before = common::time::now_ms().saturating_sub(ttl_ms);
         match store::idempotency::sweep(&db, before).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(forgotten = n, "idempotency keys past their TTL"),
             Err(e) => {
-                tracing::warn!(error = %e, "sweeping idempotency keys failed; retrying later")
+                tracing::warn!(error = %e, "sweeping idempotency keys failed; retrying later");
             }
         }
     }

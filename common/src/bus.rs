@@ -118,7 +118,7 @@ impl Broker {
                 return Some(c.clone());
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return None,
+                () = shutdown.cancelled() => return None,
                 changed = rx.changed() => if changed.is_err() { return None },
             }
         }
@@ -165,7 +165,7 @@ async fn supervise(
                 let mut tick = tokio::time::interval(Duration::from_millis(200));
                 loop {
                     tokio::select! {
-                        _ = shutdown.cancelled() => {
+                        () = shutdown.cancelled() => {
                             // Closed by the service once its consumers and relay drained.
                             let _ = tx.send(Some(conn.clone()));
                             return;
@@ -185,8 +185,8 @@ async fn supervise(
                     tracing::warn!(service, error = %format!("{e:#}"), ?delay, "RabbitMQ not reachable; retrying");
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
         }

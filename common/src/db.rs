@@ -80,8 +80,8 @@ impl Db {
                     let delay = backoff.next_delay();
                     tracing::warn!(service, error = %format!("{e:#}"), ?delay, "database not ready, retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Err(e.context("shut down before the database was ready")),
-                        _ = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return Err(e.context("shut down before the database was ready")),
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
             }

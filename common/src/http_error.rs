@@ -177,7 +177,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(cause) => {
-                tracing::error!(error = %format!("{cause:#}"), "request failed")
+                tracing::error!(error = %format!("{cause:#}"), "request failed");
             }
             ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "database unavailable"),
             _ => {}

@@ -226,6 +226,14 @@ pub fn document_limits(doc: &mut utoipa::openapi::OpenApi) {
         header::HeaderBuilder,
         schema::{ObjectBuilder, Ref, Type},
     };
+
+    fn retry_after_header() -> utoipa::openapi::header::Header {
+        HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
+            .description(Some("Seconds to wait before retrying"))
+            .build()
+    }
+
     const OVERLOADED: &str = "more requests are in flight than this server handles at once \
 (`HTTP_MAX_REQUESTS_IN_FLIGHT`): `overloaded`, with `Retry-After: 1`; nothing was done";
     for (path, item) in doc.paths.paths.iter_mut() {
@@ -271,13 +279,6 @@ pub fn document_limits(doc: &mut utoipa::openapi::OpenApi) {
                 }
             }
         }
-    }
-
-    fn retry_after_header() -> utoipa::openapi::header::Header {
-        HeaderBuilder::new()
-            .schema(Some(ObjectBuilder::new().schema_type(Type::Integer)))
-            .description(Some("Seconds to wait before retrying"))
-            .build()
     }
 }
 

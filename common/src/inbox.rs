@@ -93,7 +93,7 @@ pub async fn keep_bounded(db: Db, shutdown: Shutdown) {
     let mut every = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
         let cutoff = now_ms() - RETENTION.as_millis() as i64;

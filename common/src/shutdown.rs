@@ -20,8 +20,8 @@ pub fn cancel_on_signal(token: Shutdown) {
         #[cfg(not(unix))]
         let terminate = std::future::pending::<()>();
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = terminate => {},
+            () = ctrl_c => {},
+            () = terminate => {},
         }
         tracing::info!("shutdown signal received: draining");
         token.cancel();

@@ -48,7 +48,7 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let cmds = batch
             .iter()
-            .map(|msg| self.command(msg))
+            .map(Self::command)
             .collect::<Result<Vec<_>, _>>()?;
         if let [cmd] = cmds.as_slice()
             && cmd.fault == Some(Fault::Stall)
@@ -97,7 +97,7 @@ impl<L: StepLogic> BatchHandler for StepHandler<L> {
 
 impl<L: StepLogic> StepHandler<L> {
     /// The command a message carries, if it is one of this worker's.
-    fn command(&self, msg: &Incoming) -> Result<StepCommand, HandlerError> {
+    fn command(msg: &Incoming) -> Result<StepCommand, HandlerError> {
         let cmd: StepCommand = msg.decode()?;
         if cmd.step.worker() != L::WORKER {
             return Err(HandlerError::Permanent(anyhow::anyhow!(

@@ -78,7 +78,7 @@ fn read(msg: &Incoming, order_id: Option<OrderId>) -> NewLetter {
     // other); the `type` property, where our publisher also puts it, is only a fallback.
     let routing_key = Some(msg.routing_key.clone())
         .filter(|k| !k.is_empty())
-        .or_else(|| msg.properties.kind().as_ref().map(|k| k.to_string()));
+        .or_else(|| msg.properties.kind().as_ref().map(ToString::to_string));
     NewLetter {
         // A message without an id still gets stored, under one we make up.
         message_id: if msg.message_id.is_empty() {

@@ -60,6 +60,7 @@ pub async fn stock_products(db: &Db, catalog: &Catalog) -> anyhow::Result<()> {
 }
 
 /// A product's stock after a change, and the change's version.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Stock {
     pub(crate) stock: i64,
     pub(crate) version: i64,

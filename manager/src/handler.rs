@@ -85,7 +85,7 @@ impl BatchHandler for Manager {
     async fn handle_batch(&self, batch: &[Incoming]) -> Result<(), HandlerError> {
         let messages = batch
             .iter()
-            .map(|m| m.decode::<ManagerMessage>())
+            .map(common::bus::Incoming::decode::<ManagerMessage>)
             .collect::<Result<Vec<_>, _>>()?;
         if let ([msg], [message]) = (batch, messages.as_slice()) {
             let work = self.handle_one(msg, message.clone());
@@ -255,7 +255,7 @@ impl Manager {
                 place.terms,
                 place.faults,
                 place.placed_at_ms,
-                reason.clone(),
+                &reason,
                 now_ms(),
             );
             if store::insert(&mut tx, &t.saga)

@@ -89,7 +89,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
                     let m = m.clone();
                     async move { m.fire_deadline(id).await }
                 })
-                .await
+                .await;
         }
     };
     let metrics = broker.metrics().clone();
@@ -114,8 +114,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
 async fn backstop(manager: Manager, shutdown: Shutdown) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         // Only what is overdue by a margin: fresh deadlines belong to the precise timers.
         match store::due(manager.db.pool(), now_ms() - 250, 500).await {
@@ -129,7 +129,7 @@ async fn backstop(manager: Manager, shutdown: Shutdown) {
         match store::in_flight(manager.db.pool()).await {
             Ok(n) => manager.room.recount(n),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "counting the sagas in flight failed")
+                tracing::warn!(error = %format!("{e:#}"), "counting the sagas in flight failed");
             }
         }
     }

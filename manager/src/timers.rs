@@ -90,9 +90,9 @@ impl Timers {
                 Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64)
             });
             tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+                () = self.changed.notified() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }

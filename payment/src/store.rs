@@ -4,6 +4,7 @@ use common::{db::Tx, domain::Username, messages::StepCommand, rows::PaymentStatu
 use sqlx::Row;
 
 /// A user's credits after a change, and the change's version.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Balance {
     pub(crate) credits: i64,
     pub(crate) version: i64,

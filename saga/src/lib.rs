@@ -193,7 +193,7 @@ impl Saga {
         terms: OrderTerms,
         faults: Faults,
         placed_at_ms: i64,
-        reason: String,
+        reason: &str,
         now_ms: i64,
     ) -> Transition {
         let saga = Saga {

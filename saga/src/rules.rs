@@ -34,7 +34,7 @@ impl Saga {
         let (event, detail) = describe(&result);
         draft.record(step, event, detail);
         match (self.state.clone(), result) {
-            (SagaState::Running { .. }, result) => draft.forward_replied(step, result, timing),
+            (SagaState::Running { .. }, result) => draft.forward_replied(step, &result, timing),
             (
                 SagaState::Compensating {
                     status,
@@ -223,7 +223,7 @@ impl Draft {
         };
     }
 
-    fn forward_replied(&mut self, step: Step, result: StepResult, timing: &Timing) {
+    fn forward_replied(&mut self, step: Step, result: &StepResult, timing: &Timing) {
         match result {
             StepResult::Done => {
                 if step == Step::CreateOrder {
@@ -239,12 +239,12 @@ impl Draft {
                 }
             }
             StepResult::Refused { reason } => {
-                self.fail(refusal_status(reason), step, false, timing)
+                self.fail(refusal_status(*reason), step, false, timing);
             }
             // Skipped should not happen to a step that is running (no compensation was
             // sent yet); the worker and the manager disagree, so assume the worst.
             StepResult::Failed { .. } | StepResult::Skipped => {
-                self.fail(OrderStatus::Unknown, step, true, timing)
+                self.fail(OrderStatus::Unknown, step, true, timing);
             }
         }
     }

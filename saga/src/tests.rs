@@ -1062,7 +1062,7 @@ fn never_placed() -> Transition {
         terms(),
         Faults::default(),
         PLACED,
-        "rejected (dead letter 42)".into(),
+        "rejected (dead letter 42)",
         T0,
     )
 }
@@ -1212,6 +1212,7 @@ fn compensations_and_the_rejection_never_carry_a_fault() {
 
 #[test]
 fn timeline_seq_counts_from_one_and_every_command_is_recorded_as_sent() {
+    use Step::*;
     let saga = given_running(Step::ScheduleDelivery);
     let t = when(&saga, Input::Deadline(Link::Steady), deadline(&saga));
     let retried = when(&t.saga, Input::Deadline(Link::Steady), deadline(&t.saga));
@@ -1224,7 +1225,6 @@ fn timeline_seq_counts_from_one_and_every_command_is_recorded_as_sent() {
         .filter(|(_, e)| *e == "sent")
         .map(|(s, _)| s)
         .collect();
-    use Step::*;
     assert_eq!(
         sent,
         [

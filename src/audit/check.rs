@@ -126,7 +126,7 @@ fn by_orders_then_detail(a: &Violation, b: &Violation) -> std::cmp::Ordering {
 }
 
 fn is_final(status: &str) -> bool {
-    OrderStatus::parse(status).is_ok_and(|s| s.is_final())
+    OrderStatus::parse(status).is_ok_and(OrderStatus::is_final)
 }
 
 /// The time the checks judge by: whatever changed less than `grace_ms` ago is in flight.

@@ -28,7 +28,7 @@ fn books(name: &str, held: i64, opening: i64, taken: i64, orders: &[&str]) -> Bo
         opening: Some(opening),
         taken,
         order_count: orders.len() as i64,
-        orders: orders.iter().map(|o| o.to_string()).collect(),
+        orders: orders.iter().map(ToString::to_string).collect(),
     }
 }
 

@@ -157,8 +157,7 @@ async fn attempt_once(client: &reqwest::Client, endpoint: &str, job: &Job) -> At
             error: json["error"].as_str().unwrap_or("refused").to_string(),
             detail: json["detail"]
                 .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| excerpt(&text)),
+                .map_or_else(|| excerpt(&text), str::to_string),
         }),
         _ => Attempt::Again {
             why: refusal_text(status, &json, &text),

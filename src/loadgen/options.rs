@@ -236,11 +236,11 @@ impl Flags {
                         .ok_or_else(|| {
                             format!("--rate: requests per second (> 0), not {value:?}")
                         })?,
-                )
+                );
             }
             "--concurrency" => {
                 self.concurrency =
-                    Some(positive(&value, flag)?.min(MAX_OUTSTANDING as u64) as usize)
+                    Some(positive(&value, flag)?.min(MAX_OUTSTANDING as u64) as usize);
             }
             "--duration" => self.duration = Some(parse_duration(&value, flag, false)?),
             "--count" => self.count = Some(positive(&value, flag)?),
@@ -253,7 +253,7 @@ impl Flags {
                     value
                         .parse()
                         .map_err(|_| format!("--seed: an integer, not {value:?}"))?,
-                )
+                );
             }
             "--wait" => self.wait = parse_duration(&value, flag, true)?,
             "--metrics-url" => self.metrics_urls.push(base_url(&value, flag)?),

@@ -41,11 +41,11 @@ pub(crate) fn start(show: bool, count: Option<u64>, shared: Arc<Shared>) -> Prog
             PHASE_POSTING => bar.set_position(sent),
             PHASE_WAITING => {
                 bar.set_prefix("waiting");
-                bar.set_position(finals)
+                bar.set_position(finals);
             }
             _ => {
                 bar.set_prefix("reading");
-                bar.set_position(shared.read.load(Ordering::Relaxed))
+                bar.set_position(shared.read.load(Ordering::Relaxed));
             }
         }
         let mut message = format!(

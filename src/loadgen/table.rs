@@ -195,8 +195,7 @@ fn write_ceiling(s: &mut String, c: &Ceiling) {
         "  {:<22}{}",
         "completed/s share",
         c.share
-            .map(|v| format!("{:.1}%", v * 100.0))
-            .unwrap_or_else(|| "-".into())
+            .map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
     );
 }
 

@@ -71,7 +71,7 @@ impl IdempotencyKey {
 
     pub fn parse(value: &HeaderValue) -> Result<Self, ApiError> {
         let bytes = value.as_bytes();
-        let visible = bytes.iter().all(|b| b.is_ascii_graphic());
+        let visible = bytes.iter().all(u8::is_ascii_graphic);
         if bytes.is_empty() || bytes.len() > MAX_KEY_LEN || !visible {
             return Err(ApiError::BadRequest(format!(
                 "Idempotency-Key: must be 1 to {MAX_KEY_LEN} visible ASCII characters \

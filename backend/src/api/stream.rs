@@ -238,7 +238,7 @@ async fn run_follower(
     let follow = feed::follow(feed.clone(), filter, start, out);
     let ended = match &control {
         Some(c) => tokio::select! {
-            _ = c.draining() => None,
+            () = c.draining() => None,
             ended = follow => Some(ended),
         },
         None => Some(follow.await),

@@ -153,7 +153,7 @@ impl Follower {
         };
         loop {
             let row = tokio::select! {
-                _ = self.out.closed() => return Err(Ended::ClientGone),
+                () = self.out.closed() => return Err(Ended::ClientGone),
                 received = live.recv() => match received {
                     Ok(row) => row,
                     Err(broadcast::error::RecvError::Lagged(n)) => return Err(Ended::Lagged(n)),

@@ -131,13 +131,13 @@ impl<H: BatchHandler> Batches<'_, H> {
         loop {
             let room = match &self.options.room {
                 Some(room) => tokio::select! {
-                    _ = self.shutdown.cancelled() => break,
+                    () = self.shutdown.cancelled() => break,
                     free = room.free() => free,
                 },
                 None => usize::MAX,
             };
             let first = tokio::select! {
-                _ = self.shutdown.cancelled() => break,
+                () = self.shutdown.cancelled() => break,
                 next = consumer.next() => next,
                 () = lost(conn) => anyhow::bail!("the connection to RabbitMQ was lost"),
             };

@@ -39,7 +39,7 @@ impl<H: Handler> Handler for Traced<H> {
             Ok(()) => {}
             // Not rejected where nothing dead-letters: see `process_alone`.
             Err(HandlerError::Permanent(e)) if !topology::dead_letters(self.queue) => {
-                span.set_error(format!("permanent, retried in place: {e:#}"))
+                span.set_error(format!("permanent, retried in place: {e:#}"));
             }
             Err(HandlerError::Permanent(e)) => {
                 {
@@ -47,7 +47,7 @@ impl<H: Handler> Handler for Traced<H> {
                     let _in_span = span.context().clone().attach();
                     tracing::error!(queue = self.queue, id = %msg.message_id, error = %format!("{e:#}"), "rejecting message to the dead-letter store");
                 }
-                span.set_error(format!("rejected to the dead-letter store: {e:#}"))
+                span.set_error(format!("rejected to the dead-letter store: {e:#}"));
             }
             Err(HandlerError::Transient(e)) => span.set_error(format!("transient, retried: {e:#}")),
         }
@@ -174,7 +174,7 @@ async fn consume_on<H: Handler>(
     let (channel, tag, mut consumer) = subscribe(conn, queue, prefetch).await?;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            () = shutdown.cancelled() => {
                 unsubscribe(&channel, tag).await;
                 return Ok(());
             }
@@ -244,7 +244,7 @@ async fn process<H: Handler>(
     if msg.redelivered || msg.delivery_count() > 0 {
         counters.redelivered.inc();
     }
-    process_alone(msg, acker, handler, queue, shutdown, counters).await
+    process_alone(msg, acker, handler, queue, shutdown, counters).await;
 }
 
 /// Attempts a message gets in place before a transient failure is taken for good: the

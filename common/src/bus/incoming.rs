@@ -28,7 +28,7 @@ impl Incoming {
                 .properties
                 .message_id()
                 .as_ref()
-                .map(|s| s.to_string())
+                .map(ToString::to_string)
                 .unwrap_or_default(),
             routing_key: delivery.routing_key.to_string(),
             exchange: delivery.exchange.to_string(),
@@ -36,7 +36,7 @@ impl Incoming {
                 .properties
                 .correlation_id()
                 .as_ref()
-                .map(|s| s.to_string()),
+                .map(ToString::to_string),
             body: delivery.data,
             redelivered: delivery.redelivered,
             properties: delivery.properties,

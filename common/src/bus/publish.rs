@@ -170,11 +170,11 @@ impl Sent {
                 Confirmation::Ack(None) => confirmed.push(id),
                 Confirmation::Ack(Some(_returned)) => {
                     span.set_error("unroutable");
-                    tracing::error!(%routing_key, %id, "message was unroutable; kept in the outbox")
+                    tracing::error!(%routing_key, %id, "message was unroutable; kept in the outbox");
                 }
                 Confirmation::Nack(_) => {
                     span.set_error("refused by the broker");
-                    tracing::warn!(%id, "broker refused the message; kept in the outbox")
+                    tracing::warn!(%id, "broker refused the message; kept in the outbox");
                 }
                 Confirmation::NotRequested => {
                     anyhow::bail!("publisher confirms are off on this channel")

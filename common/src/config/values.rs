@@ -31,11 +31,10 @@ where
 /// The default [`VARIABLES`] documents for `name`: the one place a default is written
 /// (a variable read with its documented default must be listed there).
 pub(super) fn documented(name: &'static str) -> String {
-    VARIABLES
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, default, _)| default.to_string())
-        .unwrap_or_else(|| panic!("{name} is not documented in VARIABLES"))
+    VARIABLES.iter().find(|(n, _, _)| *n == name).map_or_else(
+        || panic!("{name} is not documented in VARIABLES"),
+        |(_, default, _)| default.to_string(),
+    )
 }
 
 /// `raw`, or the documented default, parsed.
@@ -115,7 +114,7 @@ pub(super) fn switch_or(
     raw: Option<String>,
     default: bool,
 ) -> Result<bool, ConfigError> {
-    match raw.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+    match raw.map(|s| s.trim().to_ascii_lowercase()) {
         None => Ok(default),
         Some(v) => match v.as_str() {
             "on" | "true" | "1" | "yes" => Ok(true),

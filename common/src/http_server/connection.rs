@@ -50,12 +50,12 @@ pub async fn serve(
         // A slot first: past the bound, connections wait in the accept backlog.
         let slot = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let (stream, peer) = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -118,7 +118,7 @@ async fn until_closed<E: std::fmt::Display>(
         expired = activity.expired(timeouts) => {
             tracing::debug!(%peer, timeout = expired.as_str(), "HTTP connection closed");
         }
-        _ = closed_by_handler.cancelled() => {
+        () = closed_by_handler.cancelled() => {
             tracing::debug!(%peer, "HTTP connection closed by its handler");
         }
     }
@@ -268,14 +268,14 @@ impl Activity {
                 None => changed.await,
                 Some((at, _)) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {
+                        () = tokio::time::sleep_until(at) => {
                             if let Some((at, expired)) = self.current().deadline(t)
                                 && at <= Instant::now()
                             {
                                 return expired;
                             }
                         }
-                        _ = changed => {}
+                        () = changed => {}
                     }
                 }
             }
@@ -319,7 +319,7 @@ impl ConnectionControl {
     /// Resolves once the server drains (shutdown): a stream should end then, since the
     /// server waits for every answer to finish.
     pub async fn draining(&self) {
-        self.draining.cancelled().await
+        self.draining.cancelled().await;
     }
 }
 

@@ -73,14 +73,14 @@ pub async fn relay(db: Db, broker: Broker, shutdown: Shutdown) {
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %format!("{e:#}"), ?delay, "outbox relay: publish failed, will retry");
                     tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => continue,
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
                     }
                 }
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break,
             Some(done) = relay.confirming.next(), if !relay.confirming.is_empty() => {
                 if let Err(e) = relay.settle(done).await {
                     tracing::debug!(error = %format!("{e:#}"), "outbox relay: rows left for the scan");
@@ -89,7 +89,7 @@ pub async fn relay(db: Db, broker: Broker, shutdown: Shutdown) {
             }
             Some(mut rows) = recv(&mut handed) => {
                 while rows.len() < BATCH as usize {
-                    match handed.as_mut().map(|h| h.try_recv()) {
+                    match handed.as_mut().map(mpsc::Receiver::try_recv) {
                         Some(Ok(more)) => rows.extend(more),
                         _ => break,
                     }
@@ -99,7 +99,7 @@ pub async fn relay(db: Db, broker: Broker, shutdown: Shutdown) {
                     scan = Scan::All;
                 }
             }
-            _ = wake.notified() => scan = Scan::All,
+            () = wake.notified() => scan = Scan::All,
             _ = backstop.tick() => if scan == Scan::None { scan = Scan::Strays },
         }
     }

@@ -22,10 +22,13 @@ fn a_limit_is_an_integer_within_its_bounds_or_the_default() {
 #[test]
 fn one_row_more_than_the_limit_means_another_page_after_the_last_row_kept() {
     let mut rows = vec![5, 4, 3];
-    assert_eq!(next_page(&mut rows, 2, |r| r.to_string()), Some("4".into()));
+    assert_eq!(
+        next_page(&mut rows, 2, ToString::to_string),
+        Some("4".into())
+    );
     assert_eq!(rows, [5, 4]);
 
     let mut last_page = vec![2, 1];
-    assert_eq!(next_page(&mut last_page, 2, |r| r.to_string()), None);
+    assert_eq!(next_page(&mut last_page, 2, ToString::to_string), None);
     assert_eq!(last_page, [2, 1]);
 }

@@ -74,7 +74,10 @@ impl Settings {
             headers,
             service_name: var("OTEL_SERVICE_NAME"),
             resource_attributes,
-            sampler: sampler(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?,
+            sampler: sampler(
+                var("OTEL_TRACES_SAMPLER").as_deref(),
+                var("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+            )?,
             timeout,
             ca,
         }))
@@ -289,7 +292,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigError> {
+fn sampler(name: Option<&str>, arg: Option<&str>) -> Result<Sampler, ConfigError> {
     let ratio = || -> Result<f64, ConfigError> {
         match &arg {
             None => Ok(1.0),
@@ -297,13 +300,13 @@ fn sampler(name: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigE
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
                 _ => Err(ConfigError {
                     variable: "OTEL_TRACES_SAMPLER_ARG",
-                    value: a.clone(),
+                    value: a.to_string(),
                     problem: "expected a ratio between 0 and 1".into(),
                 }),
             },
         }
     };
-    Ok(match name.as_deref().unwrap_or("parentbased_always_on") {
+    Ok(match name.unwrap_or("parentbased_always_on") {
         "always_on" => Sampler::AlwaysOn,
         "always_off" => Sampler::AlwaysOff,
         "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),

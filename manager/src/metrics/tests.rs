@@ -14,7 +14,7 @@ fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = metrics.render();
     // The exposition lists labels by name.
     let mut labels = labels.to_vec();
-    labels.sort();
+    labels.sort_unstable();
     let selector = labels
         .iter()
         .map(|(k, v)| format!("{k}=\"{v}\""))

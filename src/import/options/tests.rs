@@ -1,7 +1,7 @@
 use super::*;
 
 fn parse(args: &[&str]) -> Result<Command, String> {
-    Options::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    Options::parse(&args.iter().map(ToString::to_string).collect::<Vec<_>>())
 }
 
 #[test]

@@ -4,13 +4,13 @@ use serde_json::{Value, json};
 
 use super::*;
 
-fn refusal(body: Value) -> (StatusCode, String) {
+fn refusal(body: &Value) -> (StatusCode, String) {
     let e = parse(body.to_string().as_bytes()).unwrap_err();
     (e.status(), e.to_string())
 }
 
-fn assert_names(body: Value, field: &str) {
-    let (status, detail) = refusal(body.clone());
+fn assert_names(body: &Value, field: &str) {
+    let (status, detail) = refusal(body);
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {detail}");
     assert!(
         detail.starts_with(&format!("{field}: ")),
@@ -65,7 +65,7 @@ fn malformed_json_is_400() {
 #[test]
 fn a_body_that_is_not_an_object_is_400() {
     for body in [json!([]), json!("purchase"), json!(1), json!(null)] {
-        assert_eq!(refusal(body).0, StatusCode::BAD_REQUEST);
+        assert_eq!(refusal(&body).0, StatusCode::BAD_REQUEST);
     }
 }
 
@@ -75,7 +75,7 @@ fn a_missing_field_is_422_naming_it() {
         let mut body = valid();
         body.as_object_mut().unwrap().remove(field);
         assert_eq!(
-            refusal(body),
+            refusal(&body),
             (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("{field}: missing")
@@ -110,10 +110,10 @@ fn a_wrongly_typed_field_is_422_naming_it() {
         ("kill_create", json!({})),
     ];
     for (field, value) in cases {
-        assert_names(with(field, value), field);
+        assert_names(&with(field, value), field);
     }
     assert_eq!(
-        refusal(with("price", json!("ten"))).1,
+        refusal(&with("price", json!("ten"))).1,
         "price: must be an integer, got a string"
     );
 }
@@ -121,10 +121,10 @@ fn a_wrongly_typed_field_is_422_naming_it() {
 #[test]
 fn an_amount_not_above_zero_and_a_negative_price_are_422() {
     for amount in [json!(0), json!(-1), json!(i64::MIN)] {
-        assert_names(with("amount", amount), "amount");
+        assert_names(&with("amount", amount), "amount");
     }
     for price in [json!(-1), json!(i64::MIN)] {
-        assert_names(with("price", price), "price");
+        assert_names(&with("price", price), "price");
     }
     assert!(parse(with("price", json!(0)).to_string().as_bytes()).is_ok());
 }
@@ -140,7 +140,7 @@ fn a_price_or_amount_beyond_its_bound_is_422_naming_it_so_no_total_overflows() {
     ] {
         let mut body = with("price", json!(price));
         body["amount"] = json!(amount);
-        assert_names(body, field);
+        assert_names(&body, field);
     }
     // The largest of both is a total that fits.
     let mut body = with("price", json!(MAX_PRICE));
@@ -161,7 +161,7 @@ fn a_bad_username_is_422_naming_username() {
         "bell\x07",
         "del\x7f",
     ] {
-        assert_names(with("username", json!(name)), "username");
+        assert_names(&with("username", json!(name)), "username");
     }
     assert!(
         parse(
