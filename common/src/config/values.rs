@@ -54,24 +54,12 @@ where
 
 /// A positive integer, by default the documented one.
 pub(super) fn positive(name: &'static str, raw: Option<String>) -> Result<i64, ConfigError> {
-    let v: i64 = documented_parse(name, raw.clone())?;
-    if v <= 0 {
-        return Err(err(
-            name,
-            &raw.unwrap_or_default(),
-            "must be a positive integer",
-        ));
-    }
-    Ok(v)
+    positive_or(name, raw, documented_parse(name, None)?)
 }
 
 /// A non-negative integer, by default the documented one.
 pub(super) fn non_negative(name: &'static str, raw: Option<String>) -> Result<i64, ConfigError> {
-    let v: i64 = documented_parse(name, raw.clone())?;
-    if v < 0 {
-        return Err(err(name, &raw.unwrap_or_default(), "must not be negative"));
-    }
-    Ok(v)
+    non_negative_or(name, raw, documented_parse(name, None)?)
 }
 
 /// On or off, by default the documented one.
