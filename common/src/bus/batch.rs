@@ -16,14 +16,13 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use futures::{FutureExt, StreamExt};
 use lapin::{Acker, Connection, options::BasicAckOptions};
 use tokio_util::task::TaskTracker;
 
-use super::consume::{process_alone, process_span, subscribe, unsubscribe};
+use super::consume::{on_each_connection, process_alone, process_span, subscribe, unsubscribe};
 use super::{Broker, Handler, HandlerError, Incoming, lost};
 use crate::{metrics::ConsumerMetrics, room::Room, shutdown::Shutdown, telemetry, topology};
 
@@ -76,26 +75,20 @@ pub async fn consume_batches<H: BatchHandler>(
         service: broker.service.clone(),
         queue,
     });
-    while let Some(conn) = broker.connection(&shutdown).await {
-        let on = Batches {
-            broker: &broker,
-            queue,
-            options: &options,
-            handler: &handler,
-            alone: &alone,
-            tracker: &tracker,
-            shutdown: &shutdown,
-            counters: &counters,
-        }
-        .run(&conn);
-        if let Err(e) = on.await {
-            tracing::warn!(queue, error = %format!("{e:#}"), "consumer stopped; resuming on the next connection");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if shutdown.is_cancelled() {
-            break;
-        }
-    }
+    let batches = Batches {
+        broker: &broker,
+        queue,
+        options: &options,
+        handler: &handler,
+        alone: &alone,
+        tracker: &tracker,
+        shutdown: &shutdown,
+        counters: &counters,
+    };
+    on_each_connection(&broker, queue, &shutdown, |conn| async move {
+        batches.run(&conn).await
+    })
+    .await;
     tracker.close();
     tracker.wait().await;
 }
@@ -121,6 +114,15 @@ struct Batches<'a, H> {
     counters: &'a ConsumerMetrics,
 }
 
+// References only: copied into each connection's run (a derive would ask `H: Copy`).
+impl<H> Clone for Batches<'_, H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for Batches<'_, H> {}
+
 impl<H: BatchHandler> Batches<'_, H> {
     async fn run(self, conn: &Connection) -> anyhow::Result<()> {
         let queue = self.queue;
@@ -128,6 +130,7 @@ impl<H: BatchHandler> Batches<'_, H> {
         // Messages handled apart and not yet acked: while there are any, a multiple-ack
         // would acknowledge them too, so batches are then acked one by one.
         let apart = Arc::new(AtomicUsize::new(0));
+        let mut lost = std::pin::pin!(lost(conn));
         loop {
             let room = match &self.options.room {
                 Some(room) => tokio::select! {
@@ -139,7 +142,7 @@ impl<H: BatchHandler> Batches<'_, H> {
             let first = tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 next = consumer.next() => next,
-                () = lost(conn) => anyhow::bail!("the connection to RabbitMQ was lost"),
+                () = &mut lost => anyhow::bail!("the connection to RabbitMQ was lost"),
             };
             let mut deliveries = vec![first];
             let max = self.options.max_batch.min(room).max(1);

@@ -146,11 +146,27 @@ pub async fn consume<H: Handler>(
     });
     let tracker = TaskTracker::new();
     let counters = broker.metrics.consumer(queue);
-    while let Some(conn) = broker.connection(&shutdown).await {
-        let on = consume_on(
-            &conn, queue, prefetch, &handler, &tracker, &shutdown, &counters,
-        );
-        if let Err(e) = on.await {
+    let (handler, tracker, shutdown, counters) = (&handler, &tracker, &shutdown, &counters);
+    on_each_connection(&broker, queue, shutdown, |conn| async move {
+        consume_on(&conn, queue, prefetch, handler, tracker, shutdown, counters).await
+    })
+    .await;
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Runs a consumer, `on`, on each connection the broker gives until `shutdown`: one that
+/// stops (its connection lost, its queue gone) starts over on the next connection.
+pub(super) async fn on_each_connection<F>(
+    broker: &Broker,
+    queue: &str,
+    shutdown: &Shutdown,
+    mut on: impl FnMut(Arc<Connection>) -> F,
+) where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    while let Some(conn) = broker.connection(shutdown).await {
+        if let Err(e) = on(conn).await {
             tracing::warn!(queue, error = %format!("{e:#}"), "consumer stopped; resuming on the next connection");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -158,8 +174,6 @@ pub async fn consume<H: Handler>(
             break;
         }
     }
-    tracker.close();
-    tracker.wait().await;
 }
 
 async fn consume_on<H: Handler>(
@@ -172,6 +186,7 @@ async fn consume_on<H: Handler>(
     counters: &ConsumerMetrics,
 ) -> anyhow::Result<()> {
     let (channel, tag, mut consumer) = subscribe(conn, queue, prefetch).await?;
+    let mut lost = std::pin::pin!(lost(conn));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -187,7 +202,7 @@ async fn consume_on<H: Handler>(
                 Some(Err(e)) => return Err(e.into()),
                 None => anyhow::bail!("consumer of {queue} was cancelled"),
             },
-            () = lost(conn) => anyhow::bail!("the connection to RabbitMQ was lost"),
+            () = &mut lost => anyhow::bail!("the connection to RabbitMQ was lost"),
         }
     }
 }
