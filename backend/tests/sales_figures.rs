@@ -173,6 +173,21 @@ async fn rebuild_gives_the_same_figures(app: TestApp) {
     assert_eq!(backend::analytics::rebuild(&app.db).await.unwrap(), 5);
     assert_eq!(figures(&app).await, counted);
 
+    // Sums wiped while the orders counted are kept: behind, and caught up at start.
+    for table in [
+        "sales",
+        "sales_by_product",
+        "sales_by_customer",
+        "sales_by_minute",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(app.db.pool())
+            .await
+            .unwrap();
+    }
+    backend::analytics::catch_up(&app.db).await.unwrap();
+    assert_eq!(figures(&app).await, counted);
+
     // A wiped store is behind the read model, and catches up at start.
     for table in [
         "analytics_orders",
@@ -195,6 +210,73 @@ async fn rebuild_gives_the_same_figures(app: TestApp) {
     assert_eq!(get(&app, "/api/analytics/summary").await["orders"], 10);
 }
 
+/// Ties among top customers (and products) are in byte order on every database: on a
+/// PostgreSQL whose collation is a locale's (`en_US`, as the official image initialises
+/// it), `adam` would come before `Zoe`; by bytes `Z` (0x5A) is before `a` (0x61).
+#[tokio::test]
+async fn ties_are_in_byte_order_whatever_the_collation() {
+    let app = support::spawn_pg_app().await;
+    for column in [
+        "sales_by_customer ALTER COLUMN username",
+        "sales_by_product ALTER COLUMN product",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {column} TYPE TEXT COLLATE \"en-US-x-icu\""
+        )))
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    }
+    let now = now_ms();
+    for user in ["adam", "Zoe", "bea"] {
+        let sale = finished(&bought(user, "late_token", 5, 2), OrderStatus::Success, now);
+        app.project(Event::OrderUpdated(sale)).await;
+    }
+    let top = get(&app, "/api/analytics/top-customers?limit=3").await;
+    let names: Vec<&str> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Zoe", "adam", "bea"]);
+}
+
+/// Buckets longer than a minute sum the minutes they cover.
+#[tokio::test]
+async fn a_bucket_of_five_minutes_sums_its_minutes() {
+    let app = spawn_app().await;
+    let now = now_ms();
+    let bucket_start = now - now % 300_000;
+    // Two sales in this five-minute bucket (a minute apart when the bucket is old enough
+    // to hold two minutes, else both in its first), one in the bucket before.
+    let earlier_minute = if now - bucket_start >= 60_000 {
+        now - 60_000
+    } else {
+        now
+    };
+    for (user, at) in [
+        ("ann", now),
+        ("bob", earlier_minute),
+        ("cid", bucket_start - 1),
+    ] {
+        let sale = finished(&bought(user, "late_token", 5, 2), OrderStatus::Success, at);
+        app.project(Event::OrderUpdated(sale)).await;
+    }
+    let series = get(&app, "/api/analytics/timeseries?bucket_s=300&window_s=600").await;
+    assert_eq!(series["bucket_s"], 300);
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    assert_eq!(points[1]["start_ms"], bucket_start);
+    assert_eq!(points[0]["start_ms"], bucket_start - 300_000);
+    assert_eq!(
+        (points[1]["tokens"].clone(), points[1]["revenue"].clone()),
+        (json!(4), json!(20))
+    );
+    assert_eq!(points[1]["orders_by_status"]["SUCCESS"], 2);
+    assert_eq!(points[0]["orders_by_status"]["SUCCESS"], 1);
+}
+
 #[tokio::test]
 async fn bad_parameters_are_refused_naming_them() {
     let app = spawn_app().await;
@@ -213,6 +295,9 @@ async fn bad_parameters_are_refused_naming_them() {
             "/api/analytics/timeseries?bucket_s=60&window_s=86460",
             "window_s",
         ),
+        // A misspelt parameter is named rather than ignored (the defaults would answer).
+        ("/api/analytics/timeseries?bucket=300", "bucket"),
+        ("/api/analytics/top-customers?limt=3", "limt"),
     ] {
         let r = app.get(path).await;
         assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", Some(field));

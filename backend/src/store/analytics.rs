@@ -248,19 +248,22 @@ pub(crate) async fn rebuild(db: &Db) -> Result<i64, sqlx::Error> {
     Ok(i64::try_from(counted).unwrap_or(i64::MAX))
 }
 
-/// Whether some finished order of the read model is not counted: the analytics store was
-/// wiped, or started after orders finished.
+/// Whether the figures are not those of the read model's finished orders: some finished
+/// order is not counted (the analytics store was wiped, or started after orders finished),
+/// or the sums do not add up to the orders counted (only the sums were wiped).
 pub(crate) async fn behind(db: &Db) -> Result<bool, sqlx::Error> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT (SELECT COUNT(*) FROM orders WHERE phase = 'done' AND status IN ({})) AS finished, \
-                (SELECT COUNT(*) FROM analytics_orders) AS counted",
+                (SELECT COUNT(*) FROM analytics_orders) AS counted, \
+                (SELECT CAST(COALESCE(SUM(orders), 0) AS BIGINT) FROM sales) AS summed",
         final_statuses()
     )))
     .fetch_one(db.pool())
     .await?;
     let finished: i64 = row.try_get("finished")?;
     let counted: i64 = row.try_get("counted")?;
-    Ok(counted < finished)
+    let summed: i64 = row.try_get("summed")?;
+    Ok(counted < finished || summed != counted)
 }
 
 /// Finished orders per final status (those with at least one).
@@ -281,12 +284,23 @@ pub(crate) async fn customers(db: &Db) -> Result<i64, sqlx::Error> {
         .try_get("n")
 }
 
-/// Successful sales per product, by revenue (highest first), then by name.
+/// `column` ordered by the bytes of its UTF-8, whatever the database's collation: SQLite
+/// compares text that way by default, PostgreSQL by its locale (`en_US` puts `adam` before
+/// `Zoe`, the bytes the other way round) unless told `COLLATE "C"`.
+fn bytewise(db: &Db, column: &str) -> String {
+    match db.backend() {
+        Backend::Sqlite => column.to_string(),
+        Backend::Postgres => format!("{column} COLLATE \"C\""),
+    }
+}
+
+/// Successful sales per product, by revenue (highest first), then by name (byte order).
 pub(crate) async fn by_product(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT product, orders, tokens, revenue FROM sales_by_product \
-         ORDER BY revenue DESC, product",
-    )
+         ORDER BY revenue DESC, {}",
+        bytewise(db, "product")
+    )))
     .fetch_all(db.pool())
     .await?;
     rows.iter()
@@ -296,10 +310,11 @@ pub(crate) async fn by_product(db: &Db) -> Result<Vec<(String, Sums)>, sqlx::Err
 
 /// The `limit` customers who spent most; ties by username (byte order).
 pub(crate) async fn top_customers(db: &Db, limit: i64) -> Result<Vec<(String, Sums)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT username, orders, tokens, spent FROM sales_by_customer \
-         ORDER BY spent DESC, username LIMIT $1",
-    )
+         ORDER BY spent DESC, {} LIMIT $1",
+        bytewise(db, "username")
+    )))
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
