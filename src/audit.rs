@@ -154,6 +154,7 @@ pub async fn run_windowed(config: &Config, grace_ms: i64, window: usize) -> anyh
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Orders and messages younger than this (ms) are in flight, not violations.
     /// Default 60000; 0 after quiescence.

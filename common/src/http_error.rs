@@ -156,8 +156,24 @@ impl From<PathRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError::BadRequest(r.body_text())
+        ApiError::BadRequest(unknown_parameter(&r.body_text()).unwrap_or_else(|| r.body_text()))
     }
+}
+
+/// A query string that names a parameter its route does not take (the route's parameters
+/// are `#[serde(deny_unknown_fields)]`), said the way every other refusal is: starting with
+/// the name at fault. `None` for any other rejection. serde words it "unknown field `x`,
+/// expected `a` or `b`" (or "expected one of …").
+fn unknown_parameter(text: &str) -> Option<String> {
+    let (_, rest) = text.split_once("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split_once("expected ")
+        .map(|(_, e)| e.replace("one of ", "").replace('`', ""))
+        .unwrap_or_default();
+    Some(format!(
+        "{name}: not a parameter of this route (it takes {expected})"
+    ))
 }
 
 /// The body of every error response.

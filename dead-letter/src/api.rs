@@ -105,6 +105,7 @@ pub struct DeadLetterPage {
 /// Filters of `/api/dead-letters`. Read as text and parsed here, so a bad one is named.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only letters that died in this queue.
     #[param(example = "payment")]

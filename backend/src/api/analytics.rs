@@ -102,6 +102,7 @@ pub struct Timeseries {
 /// `limit` of `/api/analytics/top-customers`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct TopParams {
     /// How many customers, 1 to 100 (default 5).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100, example = 5)]
@@ -111,6 +112,7 @@ pub struct TopParams {
 /// The buckets of `/api/analytics/timeseries`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct SeriesParams {
     /// Seconds per bucket: a multiple of 60 from 60 to 86,400 (default 60, sales per minute).
     #[param(value_type = Option<i64>, minimum = 60, maximum = 86400, multiple_of = 60, example = 60)]
@@ -233,7 +235,8 @@ pub async fn summary(State(app): State<AppState>) -> Result<Json<Summary>, ApiEr
         (status = 200, description = "Sales per product", body = Vec<ProductSales>,
             example = json!([{"product": "late_token", "orders": 100, "tokens": 200, "revenue": 2000},
                 {"product": "early_token", "orders": 0, "tokens": 0, "revenue": 0}])),
-        (status = 503, description = "The database is unavailable", body = ApiError),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
 )]
 pub async fn sales_by_product(
@@ -275,8 +278,12 @@ pub async fn sales_by_product(
             example = json!([{"username": "ann", "orders": 3, "tokens": 6, "spent": 60},
                 {"username": "bob", "orders": 1, "tokens": 2, "spent": 20}])),
         (status = 400, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
-            example = json!({"error": "bad_request", "detail": "limit: must be between 1 and 100"})),
-        (status = 503, description = "The database is unavailable", body = ApiError),
+            examples(
+                ("limit" = (value = json!({"error": "bad_request", "detail": "limit: must be between 1 and 100"}))),
+                ("unknown" = (value = json!({"error": "bad_request", "detail": "top: not a parameter of this route (it takes limit)"}))),
+            )),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
 )]
 pub async fn top_customers(
@@ -312,8 +319,13 @@ pub async fn top_customers(
     responses(
         (status = 200, description = "The buckets", body = Timeseries),
         (status = 400, description = "A parameter is invalid; the detail starts with its name", body = ApiError,
-            example = json!({"error": "bad_request", "detail": "bucket_s: must be a multiple of 60 from 60 to 86400"})),
-        (status = 503, description = "The database is unavailable", body = ApiError),
+            examples(
+                ("bucket_s" = (value = json!({"error": "bad_request", "detail": "bucket_s: must be a multiple of 60 from 60 to 86400"}))),
+                ("window_s" = (value = json!({"error": "bad_request", "detail": "window_s: must be from 60 to 86400"}))),
+                ("unknown" = (value = json!({"error": "bad_request", "detail": "bucket: not a parameter of this route (it takes bucket_s or window_s)"}))),
+            )),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
 )]
 pub async fn timeseries(

@@ -38,6 +38,7 @@ pub const LAST_EVENT_ID: &str = "last-event-id";
 /// one is named in a 400.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// Only this buyer's orders.
     #[param(example = "alice")]
@@ -124,8 +125,8 @@ fn event_id(s: &str) -> Option<i64> {
 /// may reconnect to any.
 ///
 /// The feed keeps an hour of events (and at most the newest 100,000). A resume from an id
-/// older than that first gets a `reset` event, `{"reason": "pruned", "last_event_id",
-/// "resumes_after"}`, and goes on from the oldest event kept; an id newer than any event
+/// older than that first gets a `reset` event (its data a `StreamReset`), `{"reason":
+/// "pruned", "last_event_id", "resumes_after"}`, and goes on from the oldest event kept; an id newer than any event
 /// (a rebuilt database) gets `{"reason": "unknown_id", …}` and goes on from the newest.
 /// A comment line is sent every 15 s of silence.
 ///

@@ -93,3 +93,25 @@ fn an_unreachable_database_is_503_and_a_bad_row_is_500() {
         StatusCode::INTERNAL_SERVER_ERROR
     );
 }
+
+#[test]
+fn an_unknown_query_parameter_is_named_first_with_what_the_route_takes() {
+    assert_eq!(
+        unknown_parameter(
+            "Failed to deserialize query string: unknown field `bucket`, expected `bucket_s` or `window_s`"
+        )
+        .as_deref(),
+        Some("bucket: not a parameter of this route (it takes bucket_s or window_s)")
+    );
+    assert_eq!(
+        unknown_parameter(
+            "Failed to deserialize query string: unknown field `x`, expected one of `a`, `b`, `c`"
+        )
+        .as_deref(),
+        Some("x: not a parameter of this route (it takes a, b, c)")
+    );
+    assert_eq!(
+        unknown_parameter("Failed to deserialize query string: invalid digit"),
+        None
+    );
+}
