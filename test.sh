@@ -66,14 +66,20 @@ ensure_postgres() {
 }
 
 # Headless Chromium renders /docs in tests-py/test_docs_browser.py and drives the dashboard
-# in tests-py/test_dashboard_browser.py. Best effort: without it (no root, no apt) those
-# tests are skipped and say why.
+# in tests-py/test_dashboard_browser.py. Installed when missing (as root, with apt); the
+# browser tests then run with REQUIRE_BROWSER=1, so without a browser they fail rather than
+# skip: a run that drove no browser does not pass.
 ensure_chromium() {
     command -v chromium >/dev/null && return 0
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        apt-get install -y -q chromium >/dev/null || echo "could not install chromium" >&2
+        apt-get install -y -q chromium >/dev/null \
+            || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } \
+            || echo "could not install chromium" >&2
     fi
-    return 0
+    command -v chromium >/dev/null || {
+        echo "no chromium: the browser tests will fail (install Debian's chromium)" >&2
+        return 1
+    }
 }
 
 cargo_build() {
@@ -120,9 +126,10 @@ run_step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D wa
 
 venv_ok=0
 run_step "python venv (.venv)" setup_venv && venv_ok=1 || true
-run_step "chromium for the /docs browser test" ensure_chromium || true
+run_step "chromium for the browser tests" ensure_chromium || true
 
 export MARKETPLACE_BIN="$ROOT/target/release/marketplace"
+export REQUIRE_BROWSER=1
 if [[ $built -eq 1 && $venv_ok -eq 1 ]]; then
     run_step "pytest tests-py" pytest_suite tests-py || true
     if [[ -d deploy/tests ]]; then

@@ -42,6 +42,13 @@ FAULT_FLAGS = (
     "timeout_deliver",
 )
 
+# Headless Chromium for the browser tests (the dashboard, /docs). Without it they are
+# skipped, unless REQUIRE_BROWSER=1 (test.sh sets it, and installs Debian's `chromium`):
+# then a missing browser fails them, so that a run that drove no browser cannot pass.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+BROWSER_REQUIRED = os.environ.get("REQUIRE_BROWSER") == "1"
+NO_BROWSER = "no Chromium on this machine (test.sh installs Debian's `chromium` and sets REQUIRE_BROWSER=1)"
+
 HTTP_TIMEOUT = 10
 READY_TIMEOUT = 30
 STOP_TIMEOUT = 15

@@ -4,16 +4,15 @@ scripts load from the binary itself (no network) and list every documented opera
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
+from market import BROWSER_REQUIRED, CHROMIUM, NO_BROWSER
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
-
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (test.sh installs Debian's `chromium` when it can)")
+@pytest.mark.skipif(CHROMIUM is None and not BROWSER_REQUIRED, reason=NO_BROWSER)
 def test_swagger_ui_renders_every_operation_in_a_real_browser(marketplace):
+    assert CHROMIUM is not None, NO_BROWSER
     spec = marketplace.get("/api-docs/openapi.json").json()
     documented = set(spec["paths"])
     out = subprocess.run(

@@ -117,6 +117,28 @@ async fn the_status_filter_keeps_only_that_status() {
 }
 
 #[tokio::test]
+async fn idle_ms_keeps_the_orders_that_have_not_moved_for_that_long() {
+    let app = spawn_app().await;
+    let t = terms("kim", 1, 1);
+    let stuck = app.buy("kim", 1, 1).await;
+    let moving = app.buy("kim", 1, 1).await;
+    for (id, age_ms) in [(stuck, 20_000), (moving, 0)] {
+        let mut u = order_updated(id, &t, OrderStatus::Processing, "running", true, 3);
+        u.updated_at_ms = common::time::now_ms() - age_ms;
+        app.project(Event::OrderUpdated(u)).await;
+    }
+    let idle = app.get("/api/orders?status=PROCESSING&idle_ms=10000").await;
+    assert_eq!(ids(&idle.body), vec![stuck.to_string()]);
+    assert_eq!(
+        ids(&app
+            .get("/api/orders?status=PROCESSING&idle_ms=0")
+            .await
+            .body),
+        vec![moving.to_string(), stuck.to_string()]
+    );
+}
+
+#[tokio::test]
 async fn bad_list_parameters_are_400_naming_them_as_on_every_list() {
     let app = spawn_app().await;
     for (query, field) in [
@@ -129,6 +151,10 @@ async fn bad_list_parameters_are_400_naming_them_as_on_every_list() {
         ("limit=", "limit"),
         ("cursor=%25%25%25garbage", "cursor"),
         ("cursor=", "cursor"),
+        ("idle_ms=-1", "idle_ms"),
+        ("idle_ms=86400001", "idle_ms"),
+        ("idle_ms=soon", "idle_ms"),
+        ("stauts=SUCCESS", "stauts"),
     ] {
         let r = app.get(&format!("/api/orders?{query}")).await;
         assert_error(&r, StatusCode::BAD_REQUEST, "bad_request", Some(field));

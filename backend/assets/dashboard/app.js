@@ -895,9 +895,13 @@
   }
 
   async function refreshInFlight() {
-    const [metrics, list] = await Promise.all([
+    // The newest sagas, and those that have not moved for STUCK_AFTER_MS whatever their age
+    // (the server picks them: with many sagas in flight the stuck ones are the oldest, past
+    // the newest page).
+    const [metrics, list, idle] = await Promise.all([
       optional("/metrics"),
       api("/api/orders?status=PROCESSING&limit=50"),
+      api(`/api/orders?status=PROCESSING&idle_ms=${STUCK_AFTER_MS}&limit=50`),
     ]);
     const inFlight = metrics.ok ? gauge(metrics.data, "marketplace_sagas_in_flight") : null;
     const deadOpen = metrics.ok ? gauge(metrics.data, "marketplace_dead_letters_open") : null;
@@ -907,30 +911,32 @@
     if (!metrics.ok) problems.push(unavailable("metrics", metrics));
     else if (inFlight === null) problems.push("The manager's gauge is not in this process's /metrics (it runs elsewhere).");
     const table = $("inflight-table");
-    if (!list.ok) {
+    if (!list.ok || !idle.ok) {
       fill(table);
-      problems.push(list.message);
+      problems.push((list.ok ? idle : list).message);
       note("inflight-note", problems.join(" "), "error");
       return;
     }
     const now = serverNow();
-    const orders = (list.data.orders || []).map((o) => ({ ...o, idleMs: now - Date.parse(o.updated_at) }));
-    const stuck = orders.filter((o) => o.idleMs > STUCK_AFTER_MS);
-    $("kpi-stuck").textContent = fmt(stuck.length);
-    $("kpi-stuck").classList.toggle("alarm", stuck.length > 0);
-    $("inflight-summary").textContent = `${fmt(orders.length)}${list.data.next_cursor ? "+" : ""} processing · ${fmt(stuck.length)} stuck (no move for ${STUCK_AFTER_MS / 1000} s)`;
+    const stuckIds = new Set((idle.data.orders || []).map((o) => o.id));
+    const byId = new Map();
+    for (const o of [...(idle.data.orders || []), ...(list.data.orders || [])]) byId.set(o.id, o);
+    const orders = [...byId.values()].map((o) => ({ ...o, idleMs: now - Date.parse(o.updated_at), isStuck: stuckIds.has(o.id) }));
+    const stuckCount = `${fmt(stuckIds.size)}${idle.data.next_cursor ? "+" : ""}`;
+    $("kpi-stuck").textContent = stuckCount;
+    $("kpi-stuck").classList.toggle("alarm", stuckIds.size > 0);
+    $("inflight-summary").textContent = `${fmt((list.data.orders || []).length)}${list.data.next_cursor ? "+" : ""} processing · ${stuckCount} stuck (no move for ${STUCK_AFTER_MS / 1000} s)`;
     orders.sort((a, b) => b.idleMs - a.idleMs);
     fill(
       table,
       orders.length ? h("thead", {}, h("tr", {}, h("th", {}, "order"), h("th", {}, "buyer"), h("th", {}, "phase"), h("th", { class: "num" }, "idle"), h("th", {}, ""))) : null,
       h("tbody", {}, orders.slice(0, 12).map((o) => {
-        const isStuck = o.idleMs > STUCK_AFTER_MS;
-        return h("tr", { class: isStuck ? "stuck" : "", dataset: { orderId: o.id } },
+        return h("tr", { class: o.isStuck ? "stuck" : "", dataset: { orderId: o.id } },
           h("td", {}, h("button", { type: "button", class: "link mono", onclick: () => openOrder(o.id), title: o.id }, shortId(o.id))),
           h("td", { class: "name" }, o.username),
           h("td", {}, o.phase),
           h("td", { class: "num" }, duration(Math.max(0, o.idleMs))),
-          h("td", {}, isStuck ? h("span", { class: "badge st-TIMEOUT" }, "stuck") : ""));
+          h("td", {}, o.isStuck ? h("span", { class: "badge st-TIMEOUT" }, "stuck") : ""));
       })),
     );
     if (!orders.length) problems.unshift("No saga in flight.");

@@ -9,7 +9,7 @@ use common::{
     domain::{InvalidValue, OrderId, OrderStatus, Username},
     messages::TimelineEntry,
     paging,
-    time::rfc3339,
+    time::{now_ms, rfc3339},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -117,6 +117,7 @@ pub struct OrderPage {
 /// Filters of `/api/orders`. Read as text and parsed here, so a bad one is named in a 400.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only this buyer's orders.
     #[param(example = "alice")]
@@ -130,7 +131,14 @@ pub struct ListParams {
     /// The `next_cursor` of the previous page.
     #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
+    /// Only orders that have not changed for at least this many milliseconds, 0 to
+    /// 86,400,000: with `status=PROCESSING`, the sagas that are stuck.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 86_400_000, example = 10_000)]
+    pub idle_ms: Option<String>,
 }
+
+/// The longest `idle_ms`: a day.
+pub const MAX_IDLE_MS: i64 = 86_400_000;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
@@ -154,6 +162,22 @@ impl ListParams {
                     .map_err(|_| InvalidValue::new("cursor", "must be an order id (UUID)"))
             })
             .transpose()?;
+        let idle_ms = self
+            .idle_ms
+            .as_deref()
+            .map(|s| {
+                s.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|ms| (0..=MAX_IDLE_MS).contains(ms))
+                    .ok_or_else(|| {
+                        InvalidValue::new(
+                            "idle_ms",
+                            format!("must be an integer from 0 to {MAX_IDLE_MS}"),
+                        )
+                    })
+            })
+            .transpose()?;
         let username = present(&self.username);
         if username
             .as_ref()
@@ -165,6 +189,7 @@ impl ListParams {
             username,
             status,
             before,
+            updated_before_ms: idle_ms.map(|ms| now_ms() - ms),
             limit,
         }))
     }
@@ -274,8 +299,9 @@ pub async fn get_order(
 
 /// Orders, newest first, a page at a time.
 ///
-/// Filter by buyer and status; follow `next_cursor` until it is null to see every order
-/// exactly once, even while new orders arrive.
+/// Filter by buyer and status (and, for stuck sagas, by how long an order has not moved);
+/// follow `next_cursor` until it is null to see every order exactly once, even while new
+/// orders arrive.
 #[utoipa::path(
     get,
     path = "/api/orders",
@@ -288,6 +314,8 @@ pub async fn get_order(
                 ("limit" = (value = json!({"error": "bad_request", "detail": "limit: must be between 1 and 200"}))),
                 ("status" = (value = json!({"error": "bad_request", "detail": "status: unknown status \"DONE\""}))),
                 ("cursor" = (value = json!({"error": "bad_request", "detail": "cursor: must be an order id (UUID)"}))),
+                ("idle_ms" = (value = json!({"error": "bad_request", "detail": "idle_ms: must be an integer from 0 to 86400000"}))),
+                ("unknown" = (value = json!({"error": "bad_request", "detail": "stauts: not a parameter of this route (it takes username, status, limit, cursor, idle_ms)"}))),
             )),
         (status = 503, description = "The database is unavailable", body = ApiError,
             example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),

@@ -32,6 +32,8 @@ pub(crate) struct Filter {
     pub username: Option<String>,
     pub status: Option<OrderStatus>,
     pub before: Option<OrderId>,
+    /// Only orders last changed at or before this time.
+    pub updated_before_ms: Option<i64>,
     pub limit: i64,
 }
 
@@ -295,13 +297,18 @@ pub(crate) async fn list(db: &Db, filter: &Filter) -> Result<Vec<StoredOrder>, s
     if let Some(before) = filter.before {
         condition("order_id", "<", before.to_string());
     }
-    sql.push_str(&format!(
-        " ORDER BY order_id DESC LIMIT ${}",
-        params.len() + 1
-    ));
+    let mut n = params.len();
+    if filter.updated_before_ms.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND updated_at_ms <= ${n}"));
+    }
+    sql.push_str(&format!(" ORDER BY order_id DESC LIMIT ${}", n + 1));
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for p in params {
         query = query.bind(p);
+    }
+    if let Some(at_ms) = filter.updated_before_ms {
+        query = query.bind(at_ms);
     }
     let rows = query.bind(filter.limit).fetch_all(db.pool()).await?;
     rows.iter().map(summary).collect()

@@ -12,6 +12,7 @@ fn params(pairs: &[(&str, &str)]) -> ListParams {
         status: get("status"),
         limit: get("limit"),
         cursor: get("cursor"),
+        idle_ms: get("idle_ms"),
     }
 }
 
@@ -76,4 +77,20 @@ fn valid_parameters_are_all_kept() {
     assert_eq!(f.status, Some(OrderStatus::Timeout));
     assert_eq!(f.before, Some(id));
     assert_eq!(f.limit, 200);
+}
+
+#[test]
+fn idle_ms_is_a_time_before_now_within_a_day() {
+    let before = common::time::now_ms();
+    let f = params(&[("idle_ms", "10000")]).parse().unwrap().unwrap();
+    let at = f.updated_before_ms.unwrap();
+    assert!((before - 10_000..=common::time::now_ms() - 10_000).contains(&at));
+    assert_eq!(
+        params(&[]).parse().unwrap().unwrap().updated_before_ms,
+        None
+    );
+    for bad in ["-1", "86400001", "1.5", ""] {
+        let e = params(&[("idle_ms", bad)]).parse().unwrap_err();
+        assert!(e.to_string().starts_with("idle_ms: "), "{bad}: {e}");
+    }
 }
