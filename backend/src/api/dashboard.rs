@@ -1,12 +1,12 @@
 //! The dashboard at `/`: one page of plain HTML, JavaScript and CSS, embedded in the binary
 //! so that it works offline and loads nothing from anywhere else. The page reads the JSON
-//! API like any other client; these routes are not part of that API and stay out of the
+//! API like any other client; the page and its assets are not API and stay out of the
 //! OpenAPI document.
 //!
 //! `GET /dashboard/config.json` tells the page what only the server knows:
 //! `{"trace_ui_url": "https://signoz.example/trace/{trace_id}"}` (`TRACE_UI_URL`; null when
 //! unset). The page replaces `{trace_id}` in it with an order's trace id, or appends the id
-//! when the URL has no `{trace_id}`.
+//! when the URL has no `{trace_id}`. It is JSON, so it is documented.
 
 use axum::{
     Router,
@@ -15,6 +15,7 @@ use axum::{
     routing::get,
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
@@ -26,10 +27,26 @@ style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
 form-action 'none'; frame-ancestors 'none'";
 
 /// What the page needs to know from the server's configuration.
-#[derive(Debug, Serialize)]
-struct PageConfig {
-    /// The trace UI's URL of one trace, `{trace_id}` standing for the id.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"trace_ui_url": "https://signoz.example/trace/{trace_id}"}))]
+pub struct PageConfig {
+    /// The trace UI's URL of one trace (`TRACE_UI_URL`), `{trace_id}` standing for the id;
+    /// null when unset.
     trace_ui_url: Option<String>,
+}
+
+/// The dashboard's settings.
+///
+/// What the page at `/` reads from the server's configuration: where an order's trace id
+/// links to.
+#[utoipa::path(
+    get,
+    path = "/dashboard/config.json",
+    tag = "dashboard",
+    responses((status = 200, description = "The page's settings", body = PageConfig)),
+)]
+async fn page_config(config: String) -> Response {
+    asset("application/json", config)
 }
 
 /// The page's routes. Generic over the state so that they can sit beside the API's (and be
@@ -52,7 +69,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(trace_ui_url: Option<String>) ->
         )
         .route(
             "/dashboard/config.json",
-            get(move || async move { asset("application/json", config) }),
+            get(move || page_config(config.clone())),
         )
 }
 

@@ -164,14 +164,16 @@ requests already, and a request whose body does not arrive within `HTTP_BODY_TIM
         analytics::top_customers,
         analytics::timeseries,
         analytics::stream,
+        dashboard::page_config,
         healthz,
         readyz,
     ),
-    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus, crate::feed::OrderEvent)),
+    components(schemas(ApiError, ErrorBody, common::domain::OrderStatus, crate::feed::OrderEvent, crate::feed::Reset)),
     tags(
         (name = "orders", description = "Place orders and follow them"),
         (name = "accounts", description = "Balances and stock"),
         (name = "analytics", description = "Sales figures"),
+        (name = "dashboard", description = "The settings of the dashboard page at `/`"),
         (name = "health", description = "Probes (served by every target, documented here)"),
     )
 )]

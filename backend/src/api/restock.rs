@@ -60,13 +60,16 @@ pub struct RestockAccepted {
         (status = 202, description = "Accepted; the inventory adds the stock shortly", body = RestockAccepted),
         (status = 400, description = "The body is not a JSON object (or repeats a key)", body = ApiError,
             example = json!({"error": "malformed_json", "detail": "the body must be a JSON object"})),
-        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ApiError),
-        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ApiError),
+        (status = 401, description = "No `Authorization: Bearer` token (ADMIN_TOKEN is set)", body = ApiError,
+            example = json!({"error": "unauthorized", "detail": "this operator endpoint needs Authorization: Bearer <ADMIN_TOKEN>"})),
+        (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ApiError,
+            example = json!({"error": "forbidden", "detail": "the operator token is wrong"})),
         (status = 404, description = "The catalog has no such product", body = ApiError,
             example = json!({"error": "not_found", "detail": "no product named \"gold\"; the catalog has late_token"})),
         (status = 422, description = "The amount is missing or out of range", body = ApiError,
             example = json!({"error": "invalid_field", "detail": "amount: must be greater than 0"})),
-        (status = 503, description = "The database is unavailable", body = ApiError),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
 )]
 pub async fn restock(

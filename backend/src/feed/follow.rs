@@ -21,12 +21,15 @@ pub enum Item {
     Reset(Reset),
 }
 
-/// Why a stream skips ahead, told to the client before anything else.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Why a stream skips ahead, told to the client before anything else (the `data:` of a
+/// `reset` event of `/api/orders/stream`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = StreamReset, example = json!({"reason": "pruned", "last_event_id": 42, "resumes_after": 1907}))]
 pub struct Reset {
     /// `pruned`: rows after the client's id are no longer kept, the stream resumes at the
     /// oldest kept row; `unknown_id`: the id is newer than any row of this feed (a rebuilt
     /// database), the stream goes on from the newest row.
+    #[schema(value_type = String, pattern = "^(pruned|unknown_id)$")]
     pub reason: &'static str,
     /// The id the client resumed from.
     pub last_event_id: i64,

@@ -76,7 +76,8 @@ impl SummaryFeed {
     responses(
         (status = 200, description = "A stream of `summary` events", content_type = "text/event-stream", body = String,
             example = json!("event: summary\ndata: {\"orders\":127,\"orders_by_status\":{\"INSUFFICIENT_FUND\":4,\"INSUFFICIENT_INVENTORY\":0,\"SUCCESS\":120,\"TIMEOUT\":2,\"UNKNOWN\":1},\"tokens_sold\":240,\"revenue\":2400,\"customers\":17}\n\n")),
-        (status = 503, description = "The database is unavailable", body = ApiError),
+        (status = 503, description = "The database is unavailable", body = ApiError,
+            example = json!({"error": "unavailable", "detail": "the database is unavailable, retry later"})),
     )
 )]
 pub async fn stream(
@@ -103,7 +104,7 @@ pub async fn stream(
         },
     );
     let mut response = Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .keep_alive(KeepAlive::new().interval(crate::api::stream::KEEP_ALIVE))
         .into_response();
     // A proxy that buffers answers would hold events back.
     response
