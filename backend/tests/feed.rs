@@ -91,6 +91,30 @@ impl Stream {
         }
     }
 
+    /// Waits for a comment line (`:` first: a keep-alive) in a quiet stream; panics if none
+    /// comes within `bound`.
+    async fn keep_alive(&mut self, bound: Duration) {
+        let wait = async {
+            loop {
+                if self.buffer.lines().any(|l| l.starts_with(':')) {
+                    return;
+                }
+                let frame = self
+                    .body
+                    .frame()
+                    .await
+                    .expect("the stream goes on")
+                    .unwrap();
+                if let Ok(bytes) = frame.into_data() {
+                    self.buffer.push_str(std::str::from_utf8(&bytes).unwrap());
+                }
+            }
+        };
+        tokio::time::timeout(bound, wait)
+            .await
+            .expect("a keep-alive comment");
+    }
+
     /// The `order` events up to and including the first of `order_id` at `version`.
     async fn until(&mut self, order_id: OrderId, version: i64) -> Vec<Sse> {
         let mut seen = Vec::new();
@@ -460,4 +484,17 @@ async fn updates_of_the_same_orders_applied_concurrently_put_each_step_in_the_fe
             .collect();
         assert_eq!(steps, (1..=VERSIONS).collect::<Vec<_>>(), "order {id}");
     }
+}
+
+/// Both streams, left quiet, send a comment line every 15 s, so that proxies and clients do
+/// not take them for dead.
+#[tokio::test]
+async fn quiet_streams_send_keep_alive_comments() {
+    let app = spawn_app().await;
+    let mut orders = Stream::open(&app, "/api/orders/stream", None).await;
+    let mut summary = Stream::open(&app, "/api/analytics/stream", None).await;
+    // The summary stream starts with the figures; the order stream has nothing to say.
+    assert_eq!(summary.next().await.event, "summary");
+    let bound = backend::api::stream::KEEP_ALIVE + Duration::from_secs(10);
+    tokio::join!(orders.keep_alive(bound), summary.keep_alive(bound));
 }
