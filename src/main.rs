@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use common::targets::Target;
+use common::targets::{Service, Target};
 use common::{config::Config, shutdown::Shutdown};
 
 fn help() -> String {
@@ -149,7 +149,13 @@ fn rebuild_analytics() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let rebuilt = runtime.block_on(async {
         let shutdown = Shutdown::new();
-        let db = common::db::Db::open(&config, "backend", &backend::MIGRATIONS, &shutdown).await?;
+        let db = common::db::Db::open(
+            &config,
+            Service::Backend.name(),
+            &backend::MIGRATIONS,
+            &shutdown,
+        )
+        .await?;
         let counted = backend::analytics::rebuild(&db).await?;
         let summary = backend::api::analytics::summary_of(&db).await?;
         shutdown.cancel();
