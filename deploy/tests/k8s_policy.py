@@ -38,31 +38,41 @@ OPERATOR_SECRETS = {
 # (never committed). The keys each must carry.
 OUT_OF_BAND_SECRETS = {"marketplace-admin-token": {"token"}}
 
-# What the ingress may serve (backend/src/api/mod.rs, Swagger UI), as requests to try...
+# What the ingress may serve (backend/src/api/mod.rs, Swagger UI, the dashboard of
+# backend/src/api/dashboard.rs), as requests to try...
 PUBLIC_REQUESTS = [
     ("POST", "/api/purchase"), ("POST", "/api/purchase/"), ("GET", "/api/orders"),
     ("GET", "/api/orders/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"), ("GET", "/api/all-transaction"),
     ("GET", "/api/users/alice"), ("GET", "/api/inventory"), ("GET", "/api/analytics/sales"),
     ("GET", "/docs"), ("GET", "/docs/"), ("GET", "/docs/index.html"), ("GET", "/docs/swagger-ui.css"),
     ("GET", "/docs/swagger-initializer.js"), ("GET", "/api-docs/openapi.json"),
+    ("GET", "/"), ("GET", "/dashboard/app.js"), ("GET", "/dashboard/app.css"), ("GET", "/dashboard/config.json"),
+    # What the dashboard reads besides: the order stream and the analytics it charts.
+    ("GET", "/api/orders/stream"), ("GET", "/api/analytics/summary"), ("GET", "/api/analytics/stream"),
 ]
-# ...and what it must not: the operator endpoints (backend's /api/audit, dead-letter's
-# /api/dead-letters…), every pod's health and metrics, and attempts to reach them through a
-# public route (extra segments, dot segments, encoded slashes).
+# ...and what it must not: the operator endpoints (backend's /api/audit and restock,
+# dead-letter's /api/dead-letters…), every pod's health and metrics, and attempts to reach them
+# through a public route (extra segments, dot segments, encoded slashes).
 OPERATOR_REQUESTS = [
     ("GET", "/api/audit"), ("GET", "/api/audit/"), ("GET", "/api/dead-letters"), ("GET", "/api/dead-letters/"),
     ("GET", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"),
     ("POST", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11/replay"),
     ("DELETE", "/api/dead-letters/0193c5e8-7f3a-7cc4-b5a4-3f2d9c1e0a11"),
+    ("POST", "/api/inventory/late_token/restock"), ("POST", "/api/inventory/late_token/restock/"),
     ("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz"),
     ("GET", "/api/orders/../audit"), ("GET", "/api/orders/x/../../audit"), ("GET", "/api/users/a/../../audit"),
     ("GET", "/api/analytics/../audit"), ("GET", "/api/analytics/../dead-letters"),
     ("GET", "/docs/../api/audit"), ("GET", "/docs/../metrics"), ("GET", "/api-docs/../api/audit"),
     ("GET", "/api/purchase/../audit"), ("GET", "//api/audit"), ("GET", "/api/orders/%2F..%2Faudit/x"),
+    ("POST", "/api/inventory/../inventory/late_token/restock"),
+    ("GET", "/dashboard/../api/audit"), ("GET", "/dashboard/../metrics"), ("GET", "/dashboard/../healthz"),
+    ("GET", "/dashboard/x/../../api/dead-letters"), ("GET", "/dashboard/%2F..%2Fmetrics/x"), ("GET", "//metrics"),
 ]
 # Not operator endpoints, but not public API either: the ingress serves none of them.
-UNLISTED_REQUESTS = [("GET", "/"), ("GET", "/api"), ("GET", "/api/"), ("GET", "/api/unknown"),
-                     ("GET", "/api-docs/other.json"), ("GET", "/docs/a/b")]
+UNLISTED_REQUESTS = [("GET", "/api"), ("GET", "/api/"), ("GET", "/api/unknown"),
+                     ("GET", "/api-docs/other.json"), ("GET", "/docs/a/b"),
+                     ("GET", "//"), ("GET", "/index.html"), ("GET", "/dashboard"), ("GET", "/dashboard/"),
+                     ("GET", "/dashboard/a/b"), ("GET", "/dashboards/app.js")]
 
 # Where the ingress controller and the metrics scraper run (deploy/README.md installs Traefik's
 # Helm release in `traefik`; SigNoz's collector lives where OTEL_EXPORTER_OTLP_ENDPOINT points).
