@@ -1,4 +1,5 @@
-"""Takes docs/dashboard.png: a fresh marketplace (own vhost, data dir and port, as the tests
+"""Takes docs/dashboard.png (and close-ups of two panels beside it, docs/dashboard-timeline.png
+and docs/dashboard-feed.png): a fresh marketplace (own vhost, data dir and port, as the tests
 start them) with two products, a few minutes of orders (successes, insufficient funds, a
 compensated delivery failure, a payment timeout), the dashboard open in headless Chromium
 the whole time, then the compensated order's timeline opened and the page captured.
@@ -91,6 +92,12 @@ def main() -> int:
             page.wait_for_timeout(2_500)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=args.out, full_page=True)
+            # Close-ups beside it: the compensated order's timeline, and the live feed.
+            out = Path(args.out)
+            for card, name in (("#timeline-card", "timeline"), ("#feed-card", "feed")):
+                close_up = out.with_name(f"{out.stem}-{name}{out.suffix}")
+                page.locator(card).screenshot(path=str(close_up))
+                print(f"wrote {close_up}")
             browser.close()
         print(f"wrote {args.out}")
         return 0

@@ -165,6 +165,23 @@ async fn a_rebuild_on_postgres_gives_the_same_figures() {
     rebuild_gives_the_same_figures(support::spawn_pg_app().await).await;
 }
 
+/// The tables of the sums (beside `analytics_orders`, which orders were counted).
+const SUMS: [&str; 4] = [
+    "sales",
+    "sales_by_product",
+    "sales_by_customer",
+    "sales_by_minute",
+];
+
+async fn wipe(app: &TestApp, tables: &[&str]) {
+    for table in tables {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
+            .execute(app.db.pool())
+            .await
+            .unwrap();
+    }
+}
+
 async fn rebuild_gives_the_same_figures(app: TestApp) {
     let now = now_ms();
     a_morning(&app, now - 60_000, now).await;
@@ -174,33 +191,13 @@ async fn rebuild_gives_the_same_figures(app: TestApp) {
     assert_eq!(figures(&app).await, counted);
 
     // Sums wiped while the orders counted are kept: behind, and caught up at start.
-    for table in [
-        "sales",
-        "sales_by_product",
-        "sales_by_customer",
-        "sales_by_minute",
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(app.db.pool())
-            .await
-            .unwrap();
-    }
+    wipe(&app, &SUMS).await;
     backend::analytics::catch_up(&app.db).await.unwrap();
     assert_eq!(figures(&app).await, counted);
 
     // A wiped store is behind the read model, and catches up at start.
-    for table in [
-        "analytics_orders",
-        "sales",
-        "sales_by_product",
-        "sales_by_customer",
-        "sales_by_minute",
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}")))
-            .execute(app.db.pool())
-            .await
-            .unwrap();
-    }
+    wipe(&app, &["analytics_orders"]).await;
+    wipe(&app, &SUMS).await;
     assert_eq!(get(&app, "/api/analytics/summary").await["orders"], 0);
     backend::analytics::catch_up(&app.db).await.unwrap();
     assert_eq!(figures(&app).await, counted);
