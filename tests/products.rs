@@ -176,6 +176,41 @@ async fn each_product_keeps_its_own_stock_prices_bind_and_restocks_count_once() 
     assert_eq!(status, 202);
     wait_for_stock(url, "early_token", 12).await;
 
+    // With an Idempotency-Key, a retried restock adds once; the key cannot name another.
+    let keyed = |amount: i64| {
+        client()
+            .post(format!("{url}/api/inventory/early_token/restock"))
+            .header("idempotency-key", "restock-key-1")
+            .json(&json!({"amount": amount}))
+            .send()
+    };
+    let first = keyed(3).await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let again = keyed(3).await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    let other = keyed(4).await.unwrap();
+    assert_eq!(other.status(), 409);
+    assert!(
+        other.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Idempotency-Key: ")
+    );
+    // A later restock lands after anything the retries could have sent (one queue, in
+    // order): 16, not 19.
+    let (status, _) = post(
+        url,
+        "/api/inventory/early_token/restock",
+        json!({"amount": 1}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    wait_for_stock(url, "early_token", 16).await;
+
     let report = audit_ok(url).await;
     assert_eq!(report["ok"], true, "{report:#}");
 

@@ -14,6 +14,7 @@ use super::corrupt;
 pub(crate) struct Recorded {
     /// The canonical form of the request (see `api::purchase::fingerprint`).
     pub fingerprint: String,
+    /// What the request created: the order's id, or a restock's.
     pub order_id: OrderId,
     pub response_status: u16,
     /// The JSON body, exactly as it was sent.
