@@ -51,6 +51,19 @@ async fn post(base_url: &str, path: &str, body: Value) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// Restocks one early token and waits until the stock is `want`: restocks are applied in
+/// order, so anything sent before this one has been applied by then.
+async fn one_more_early_token(base_url: &str, want: i64) {
+    let (status, body) = post(
+        base_url,
+        "/api/inventory/early_token/restock",
+        json!({"amount": 1}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    wait_for_stock(base_url, "early_token", want).await;
+}
+
 async fn audit_ok(base_url: &str) -> Value {
     let deadline = tokio::time::Instant::now() + BOUND;
     loop {
@@ -167,14 +180,7 @@ async fn each_product_keeps_its_own_stock_prices_bind_and_restocks_count_once() 
     )
     .await;
     // A later restock is applied after the republished one (one queue, in order).
-    let (status, _) = post(
-        url,
-        "/api/inventory/early_token/restock",
-        json!({"amount": 1}),
-    )
-    .await;
-    assert_eq!(status, 202);
-    wait_for_stock(url, "early_token", 12).await;
+    one_more_early_token(url, 12).await;
 
     // With an Idempotency-Key, a retried restock adds once; the key cannot name another.
     let keyed = |amount: i64| {
@@ -202,14 +208,7 @@ async fn each_product_keeps_its_own_stock_prices_bind_and_restocks_count_once() 
     );
     // A later restock lands after anything the retries could have sent (one queue, in
     // order): 16, not 19.
-    let (status, _) = post(
-        url,
-        "/api/inventory/early_token/restock",
-        json!({"amount": 1}),
-    )
-    .await;
-    assert_eq!(status, 202);
-    wait_for_stock(url, "early_token", 16).await;
+    one_more_early_token(url, 16).await;
 
     let report = audit_ok(url).await;
     assert_eq!(report["ok"], true, "{report:#}");

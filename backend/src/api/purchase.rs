@@ -270,6 +270,25 @@ async fn replay(
     key: &IdempotencyKey,
     fingerprint: &str,
 ) -> Result<Response, ApiError> {
+    let (status, first) = first_answer(app, key, fingerprint, "purchase").await?;
+    tracing::debug!(order_id = %first.order_id, "idempotent purchase replayed");
+    Ok(answer_with(
+        status,
+        first.order_id,
+        first.response_body,
+        true,
+    ))
+}
+
+/// What the first request with `key` was answered, when this one (`fingerprint`) is the
+/// same request: a `what` (purchase, restock) with another key's body, or another request
+/// under this key, is 409.
+pub(super) async fn first_answer(
+    app: &AppState,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    what: &str,
+) -> Result<(StatusCode, Recorded), ApiError> {
     // The claim only fails on a committed row (the winner's, read here once it is visible).
     let first = store::idempotency::find(&app.db, key.as_str())
         .await?
@@ -280,11 +299,10 @@ async fn replay(
             ))
         })?;
     if first.fingerprint != fingerprint {
-        return Err(ApiError::Conflict(
-            "Idempotency-Key: already used for a different purchase request; \
-             use a new key for a new purchase"
-                .into(),
-        ));
+        return Err(ApiError::Conflict(format!(
+            "Idempotency-Key: already used for a different {what} request; \
+             use a new key for a new {what}"
+        )));
     }
     let status = StatusCode::from_u16(first.response_status).map_err(|e| {
         ApiError::Internal(anyhow::anyhow!(
@@ -292,13 +310,7 @@ async fn replay(
             key.as_str()
         ))
     })?;
-    tracing::debug!(order_id = %first.order_id, "idempotent purchase replayed");
-    Ok(answer_with(
-        status,
-        first.order_id,
-        first.response_body,
-        true,
-    ))
+    Ok((status, first))
 }
 
 fn answer_with(status: StatusCode, order_id: OrderId, body: String, replayed: bool) -> Response {

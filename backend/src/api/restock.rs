@@ -82,7 +82,7 @@ known Idempotency-Key and the same restock, the first answer replayed)", body = 
         (status = 403, description = "A wrong token, or a client not on loopback while ADMIN_TOKEN is unset", body = ApiError,
             example = json!({"error": "forbidden", "detail": "the operator token is wrong"})),
         (status = 409, description = "The Idempotency-Key was already used for another request; nothing was added", body = ApiError,
-            example = json!({"error": "conflict", "detail": "Idempotency-Key: already used for a different request; use a new key for a new restock"})),
+            example = json!({"error": "conflict", "detail": "Idempotency-Key: already used for a different restock request; use a new key for a new restock"})),
         (status = 404, description = "The catalog has no such product", body = ApiError,
             example = json!({"error": "not_found", "detail": "no product named \"gold\"; the catalog has late_token"})),
         (status = 422, description = "The amount is missing or out of range", body = ApiError,
@@ -160,23 +160,7 @@ async fn replay(
     key: &IdempotencyKey,
     fingerprint: &str,
 ) -> Result<Response, ApiError> {
-    let first = store::idempotency::find(&app.db, key.as_str())
-        .await?
-        .ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!(
-                "idempotency key {:?} is taken but has no record",
-                key.as_str()
-            ))
-        })?;
-    if first.fingerprint != fingerprint {
-        return Err(ApiError::Conflict(
-            "Idempotency-Key: already used for a different request; \
-             use a new key for a new restock"
-                .into(),
-        ));
-    }
-    let status = StatusCode::from_u16(first.response_status)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored status: {e}")))?;
+    let (status, first) = purchase::first_answer(app, key, fingerprint, "restock").await?;
     Ok(accepted(status, first.response_body, true))
 }
 
