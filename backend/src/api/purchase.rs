@@ -281,8 +281,8 @@ async fn replay(
 }
 
 /// What the first request with `key` was answered, when this one (`fingerprint`) is the
-/// same request: a `what` (purchase, restock) with another key's body, or another request
-/// under this key, is 409.
+/// same request; another request under the key is 409, its detail naming `what` the key is
+/// used for here (a purchase, a restock).
 pub(super) async fn first_answer(
     app: &AppState,
     key: &IdempotencyKey,

@@ -12,7 +12,8 @@ use super::corrupt;
 /// What the first request with a key was, and what it was answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recorded {
-    /// The canonical form of the request (see `api::purchase::fingerprint`).
+    /// The canonical form of the request (see `api::purchase::fingerprint`; a restock's
+    /// is `restock <product> <amount>`).
     pub fingerprint: String,
     /// What the request created: the order's id, or a restock's.
     pub order_id: OrderId,
