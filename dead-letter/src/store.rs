@@ -270,4 +270,4 @@ fn letter(row: &AnyRow) -> Result<DeadLetter, sqlx::Error> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -60,23 +60,8 @@ fn every_bad_parameter_is_refused_by_name() {
 #[test]
 fn a_long_body_is_previewed_and_a_short_one_shown_whole() {
     let mut l = DeadLetter {
-        id: "i".into(),
-        message_id: "m".into(),
-        original_queue: None,
-        exchange: None,
-        routing_key: None,
-        correlation_id: None,
-        reason: None,
-        delivery_count: 0,
-        times_seen: 1,
-        order_id: None,
-        headers: "{}".into(),
         payload: "é".repeat(PREVIEW_CHARS + 1),
-        first_seen_ms: 0,
-        last_seen_ms: 0,
-        resolved_at_ms: None,
-        replays: 0,
-        replayed_at_ms: None,
+        ..crate::store::tests::stored(None, None, None)
     };
     let long = DeadLetterSummary::from(&l).payload_preview;
     assert_eq!(long.chars().count(), PREVIEW_CHARS + 1);

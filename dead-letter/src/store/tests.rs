@@ -1,6 +1,7 @@
 use super::*;
 
-fn stored(exchange: Option<&str>, queue: Option<&str>, key: Option<&str>) -> DeadLetter {
+/// A stored letter with the given address, for the tests of this crate.
+pub(crate) fn stored(exchange: Option<&str>, queue: Option<&str>, key: Option<&str>) -> DeadLetter {
     DeadLetter {
         id: "id".into(),
         message_id: "m".into(),

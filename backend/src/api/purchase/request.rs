@@ -70,17 +70,28 @@ pub struct Purchase {
 /// The fault flags, in the contract's order (the first one set is named in a 403).
 pub const FAULT_FLAGS: [&str; Faults::COUNT] = Faults::NAMES;
 
-/// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
-/// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
+/// The `PurchaseRequest` schema of `doc`, to write into what only the running server
+/// knows.
+fn purchase_request_schema(
+    doc: &mut utoipa::openapi::OpenApi,
+) -> Option<&mut utoipa::openapi::schema::Object> {
+    use utoipa::openapi::{RefOr, schema::Schema};
+    match doc
+        .components
+        .as_mut()?
+        .schemas
+        .get_mut("PurchaseRequest")?
+    {
+        RefOr::T(Schema::Object(request)) => Some(request),
+        _ => None,
+    }
+}
+
 /// Writes the username rules into `doc` as a `pattern` of `PurchaseRequest.username`
 /// (built from the same tables as the check, so the two cannot disagree).
 pub fn document_username_pattern(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{RefOr, schema::Schema};
-    let Some(RefOr::T(Schema::Object(request))) = doc
-        .components
-        .as_mut()
-        .and_then(|c| c.schemas.get_mut("PurchaseRequest"))
-    else {
+    let Some(request) = purchase_request_schema(doc) else {
         return;
     };
     if let Some(RefOr::T(Schema::Object(username))) = request.properties.get_mut("username") {
@@ -92,11 +103,7 @@ pub fn document_username_pattern(doc: &mut utoipa::openapi::OpenApi) {
 /// `PurchaseRequest.product`), so that the document says what the server accepts.
 pub fn document_catalog(doc: &mut utoipa::openapi::OpenApi, catalog: &common::catalog::Catalog) {
     use utoipa::openapi::{RefOr, schema::Schema};
-    let Some(RefOr::T(Schema::Object(request))) = doc
-        .components
-        .as_mut()
-        .and_then(|c| c.schemas.get_mut("PurchaseRequest"))
-    else {
+    let Some(request) = purchase_request_schema(doc) else {
         return;
     };
     let names: Vec<serde_json::Value> = catalog
@@ -138,6 +145,8 @@ pub(crate) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))
 }
 
+/// Parses a purchase body. JSON whatever the Content-Type (old clients send none); unknown
+/// fields are ignored. Malformed JSON or a non-object is 400; a bad field is 422 naming it.
 pub fn parse(body: &[u8]) -> Result<Purchase, ApiError> {
     let value = json_body(body)?;
     let Value::Object(fields) = value else {
