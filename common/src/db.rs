@@ -318,3 +318,6 @@ async fn migrate(pool: &AnyPool, migrator: &'static Migrator) -> anyhow::Result<
     m.run(pool).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
