@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use common::{
+    bus::Broker,
     config::Config,
     health,
     service::Running,
@@ -24,15 +25,21 @@ pub fn services() -> impl Iterator<Item = &'static str> {
 
 /// A step worker's `start`.
 type StartWorker =
-    fn(Config, Shutdown) -> futures::future::BoxFuture<'static, anyhow::Result<Running>>;
+    fn(Config, Broker, Shutdown) -> futures::future::BoxFuture<'static, anyhow::Result<Running>>;
 
 /// The step workers, started first: they consume the others' messages, so nothing waits
 /// in a queue needlessly.
 const WORKERS: [(Service, StartWorker); 4] = [
-    (Service::Order, |c, s| Box::pin(order::start(c, s))),
-    (Service::Payment, |c, s| Box::pin(payment::start(c, s))),
-    (Service::Inventory, |c, s| Box::pin(inventory::start(c, s))),
-    (Service::Delivery, |c, s| Box::pin(delivery::start(c, s))),
+    (Service::Order, |c, b, s| Box::pin(order::start(c, b, s))),
+    (Service::Payment, |c, b, s| {
+        Box::pin(payment::start(c, b, s))
+    }),
+    (Service::Inventory, |c, b, s| {
+        Box::pin(inventory::start(c, b, s))
+    }),
+    (Service::Delivery, |c, b, s| {
+        Box::pin(delivery::start(c, b, s))
+    }),
 ];
 
 /// Runs `target` (`all` or a service's name) until `shutdown`, serving HTTP on `listener`,
@@ -48,7 +55,10 @@ pub async fn serve(
     // says which and how; an unreachable broker does not (the services wait for it).
     common::bus::verify_topology_at_start(&config.amqp_url, std::time::Duration::from_secs(3))
         .await?;
-    let (services, router) = start_services(target, &config, &shutdown).await?;
+    // One connection for every service of the process: one I/O thread, and the services'
+    // small writes share its packets. It is closed once they have all drained.
+    let broker = Broker::start(&config.amqp_url, &target.to_string(), shutdown.clone());
+    let (services, router) = start_services(target, &config, &broker, &shutdown).await?;
 
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let readiness: Vec<_> = services.iter().map(|s| s.readiness.clone()).collect();
@@ -94,6 +104,9 @@ pub async fn serve(
             let _ = metrics_http.await;
         }
         futures::future::join_all(services.into_iter().map(|s| s.task)).await;
+        if let Some(conn) = broker.try_connection() {
+            common::bus::close(&conn, "shutting down").await;
+        }
     };
     match tokio::time::timeout(config.shutdown_timeout, drain).await {
         Ok(()) => {
@@ -110,20 +123,21 @@ pub async fn serve(
 async fn start_services(
     target: Target,
     config: &Config,
+    broker: &Broker,
     shutdown: &Shutdown,
 ) -> anyhow::Result<(Vec<Running>, axum::Router)> {
     let mut services: Vec<Running> = Vec::new();
     let mut router = axum::Router::new();
     for (name, start) in WORKERS {
         if target.runs(name) {
-            let running = start(config.clone(), shutdown.clone())
+            let running = start(config.clone(), broker.clone(), shutdown.clone())
                 .await
                 .with_context(|| format!("starting {name}"))?;
             services.push(running);
         }
     }
     if target.runs(Service::DeadLetter) {
-        let (running, api) = dead_letter::start(config.clone(), shutdown.clone())
+        let (running, api) = dead_letter::start(config.clone(), broker.clone(), shutdown.clone())
             .await
             .context("starting dead-letter")?;
         services.push(running);
@@ -131,7 +145,7 @@ async fn start_services(
     }
     if target.runs(Service::Manager) {
         services.push(
-            manager::start(config.clone(), shutdown.clone())
+            manager::start(config.clone(), broker.clone(), shutdown.clone())
                 .await
                 .context("starting manager")?,
         );
@@ -140,7 +154,7 @@ async fn start_services(
         // The audit reads every service's store; it is served beside the backend's API.
         let docs = vec![audit::openapi(), dead_letter::openapi()];
         router = router.merge(audit::router(config.clone()));
-        let (running, api) = backend::start(config.clone(), shutdown.clone(), docs)
+        let (running, api) = backend::start(config.clone(), broker.clone(), shutdown.clone(), docs)
             .await
             .context("starting backend")?;
         services.push(running);

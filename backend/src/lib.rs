@@ -39,6 +39,7 @@ const PROJECTION_BATCH: usize = 128;
 /// [`api::router_with_docs`]).
 pub async fn start(
     config: Config,
+    broker: Broker,
     shutdown: Shutdown,
     extra_docs: Vec<utoipa::openapi::OpenApi>,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
@@ -48,7 +49,6 @@ pub async fn start(
     analytics::catch_up(&db)
         .await
         .context("rebuilding the sales figures")?;
-    let broker = Broker::start(&config.amqp_url, Service::Backend.name(), shutdown.clone());
     // The projection wakes the feed's tailer after each commit that wrote feed rows.
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let feed = feed::Feed::start(db.clone(), &metrics);

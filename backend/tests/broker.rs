@@ -79,7 +79,8 @@ async fn a_purchase_reaches_the_manager_and_its_events_reach_the_read_models() {
     })
     .unwrap();
     let shutdown = Shutdown::new();
-    let (running, router) = backend::start(config, shutdown.clone(), Vec::new())
+    let backend_broker = Broker::start(&amqp_url, "backend", shutdown.clone());
+    let (running, router) = backend::start(config, backend_broker, shutdown.clone(), Vec::new())
         .await
         .unwrap();
 

@@ -1,5 +1,6 @@
-//! The shape every service shares: consumers and an outbox relay over one database and one
-//! broker connection, started together and drained together.
+//! The shape every service shares: consumers and an outbox relay over one database and the
+//! instance's broker connection (shared by the services of a process), started together and
+//! drained together.
 
 use std::{future::Future, pin::Pin};
 
@@ -10,7 +11,8 @@ use crate::{bus::Broker, db::Db, inbox, outbox, shutdown::Shutdown};
 pub type Part = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A started service, as `main` sees it: a readiness probe and a task that ends after the
-/// service has drained (consumers finished, outbox flushed, connection closed).
+/// service has drained (consumers finished, outbox flushed). The broker connection is the
+/// instance's: whoever started it closes it once every service using it has drained.
 pub struct Running {
     pub readiness: Readiness,
     pub task: JoinHandle<()>,
@@ -76,9 +78,6 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
         relay_stop.cancel();
         let _ = relay.await;
         let _ = inbox.await;
-        if let Some(conn) = broker.try_connection() {
-            crate::bus::close(&conn, "shutting down").await;
-        }
         db.pool().close().await;
         tracing::info!(service = name, "stopped");
     });

@@ -186,26 +186,28 @@ pub fn consume<L: StepLogic>(
     ))
 }
 
-/// Starts a step worker on its opened database: its command consumer and its outbox relay.
+/// Starts a step worker on its opened database and the instance's broker connection: its
+/// command consumer and its outbox relay.
 pub fn spawn<L: StepLogic>(
     db: Db,
     logic: L,
     config: &crate::config::Config,
+    broker: Broker,
     shutdown: &Shutdown,
 ) -> crate::service::Running {
-    spawn_with(db, logic, config, shutdown, |_| Vec::new())
+    spawn_with(db, logic, config, broker, shutdown, |_| Vec::new())
 }
 
-/// [`spawn`], with the worker's other consumers: `more` makes them on the worker's broker.
+/// [`spawn`], with the worker's other consumers: `more` makes them on the broker.
 pub fn spawn_with<L: StepLogic>(
     db: Db,
     logic: L,
     config: &crate::config::Config,
+    broker: Broker,
     shutdown: &Shutdown,
     more: impl FnOnce(&Broker) -> Vec<crate::service::Part>,
 ) -> crate::service::Running {
     let name = Service::from(L::WORKER).name();
-    let broker = Broker::start(&config.amqp_url, name, shutdown.clone());
     let handler = StepHandler {
         logic,
         db: db.clone(),

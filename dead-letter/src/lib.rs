@@ -31,14 +31,10 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// and its HTTP routes (no fallback: they are merged beside other routers).
 pub async fn start(
     config: Config,
+    broker: Broker,
     shutdown: Shutdown,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
     let db = Db::open(&config, Service::DeadLetter.name(), &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(
-        &config.amqp_url,
-        Service::DeadLetter.name(),
-        shutdown.clone(),
-    );
     let store = Arc::new(DeadLetterConsumer {
         db: db.clone(),
         metrics: broker.metrics().clone(),

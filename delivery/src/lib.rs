@@ -6,14 +6,18 @@ mod logic;
 mod store;
 
 use common::targets::Service;
-use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
+use common::{bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub use logic::Deliveries;
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the delivery database and starts consuming delivery commands.
-pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+pub async fn start(
+    config: Config,
+    broker: Broker,
+    shutdown: Shutdown,
+) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, Service::Delivery.name(), &MIGRATIONS, &shutdown).await?;
-    Ok(worker::spawn(db, Deliveries, &config, &shutdown))
+    Ok(worker::spawn(db, Deliveries, &config, broker, &shutdown))
 }

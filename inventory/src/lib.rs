@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::targets::Service;
 use common::{
-    bus::{self, BatchOptions},
+    bus::{self, BatchOptions, Broker},
     config::Config,
     db::Db,
     service,
@@ -30,7 +30,11 @@ const RESTOCK_BATCH: u16 = 16;
 
 /// Opens the inventory database (stocking the catalog's new products) and starts
 /// consuming inventory commands and restocks.
-pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+pub async fn start(
+    config: Config,
+    broker: Broker,
+    shutdown: Shutdown,
+) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, Service::Inventory.name(), &MIGRATIONS, &shutdown).await?;
     store::stock_products(&db, &config.catalog).await?;
     let restocks = Arc::new(Restocks { db: db.clone() });
@@ -39,6 +43,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
         db,
         Inventory,
         &config,
+        broker,
         &shutdown,
         move |broker| {
             vec![Box::pin(bus::consume_batches(

@@ -35,9 +35,12 @@ pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Opens the manager's database, re-arms the deadline of every saga in flight, and starts
 /// consuming the manager queue.
-pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+pub async fn start(
+    config: Config,
+    broker: Broker,
+    shutdown: Shutdown,
+) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, Service::Manager.name(), &MIGRATIONS, &shutdown).await?;
-    let broker = Broker::start(&config.amqp_url, Service::Manager.name(), shutdown.clone());
     let timers = Timers::default();
     for (order_id, at) in store::all_deadlines(db.pool()).await? {
         timers.schedule(at, order_id);

@@ -6,14 +6,18 @@ mod logic;
 mod store;
 
 use common::targets::Service;
-use common::{config::Config, db::Db, service, shutdown::Shutdown, worker};
+use common::{bus::Broker, config::Config, db::Db, service, shutdown::Shutdown, worker};
 
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use logic::Payments;
 
 /// Opens the payment database and starts consuming payment commands.
-pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service::Running> {
+pub async fn start(
+    config: Config,
+    broker: Broker,
+    shutdown: Shutdown,
+) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, Service::Payment.name(), &MIGRATIONS, &shutdown).await?;
     Ok(worker::spawn(
         db,
@@ -21,6 +25,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<service
             initial_credits: config.initial_credits,
         },
         &config,
+        broker,
         &shutdown,
     ))
 }
