@@ -49,6 +49,7 @@ pub async fn start(
     analytics::catch_up(&db)
         .await
         .context("rebuilding the sales figures")?;
+    let broker = broker.for_service(Service::Backend.name());
     // The projection wakes the feed's tailer after each commit that wrote feed rows.
     let metrics = common::metrics::for_instance(&config.amqp_url);
     let feed = feed::Feed::start(db.clone(), &metrics);

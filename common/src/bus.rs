@@ -41,8 +41,9 @@ pub use transient::{is_transient, sqlx_is_transient};
 #[derive(Clone)]
 pub struct Broker {
     current: watch::Receiver<Option<Arc<Connection>>>,
-    /// The service this connection belongs to: its publish and consume spans carry the
-    /// service's own tracer (so its own `service.name`), also when services share a process.
+    /// The service this handle belongs to: its publish and consume spans carry the
+    /// service's own tracer (so its own `service.name`), also when services share the
+    /// process's connection ([`Broker::for_service`]).
     service: Arc<str>,
     /// The metrics of the marketplace this broker serves (the consume loop records into it).
     metrics: Arc<crate::metrics::Metrics>,
@@ -76,6 +77,15 @@ impl Broker {
             service: service_name,
             metrics,
             connected,
+        }
+    }
+
+    /// The same connection, as `service` uses it: its spans carry `service`'s name. The
+    /// services of a process share one connection, each with a handle of its own.
+    pub fn for_service(&self, service: &str) -> Broker {
+        Broker {
+            service: service.into(),
+            ..self.clone()
         }
     }
 

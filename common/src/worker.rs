@@ -208,6 +208,7 @@ pub fn spawn_with<L: StepLogic>(
     more: impl FnOnce(&Broker) -> Vec<crate::service::Part>,
 ) -> crate::service::Running {
     let name = Service::from(L::WORKER).name();
+    let broker = broker.for_service(name);
     let handler = StepHandler {
         logic,
         db: db.clone(),

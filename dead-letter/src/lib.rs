@@ -35,6 +35,7 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<(service::Running, axum::Router)> {
     let db = Db::open(&config, Service::DeadLetter.name(), &MIGRATIONS, &shutdown).await?;
+    let broker = broker.for_service(Service::DeadLetter.name());
     let store = Arc::new(DeadLetterConsumer {
         db: db.clone(),
         metrics: broker.metrics().clone(),

@@ -41,6 +41,7 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<service::Running> {
     let db = Db::open(&config, Service::Manager.name(), &MIGRATIONS, &shutdown).await?;
+    let broker = broker.for_service(Service::Manager.name());
     let timers = Timers::default();
     for (order_id, at) in store::all_deadlines(db.pool()).await? {
         timers.schedule(at, order_id);
