@@ -82,11 +82,9 @@ impl Broker {
 
     /// The same connection, as `service` uses it: its spans carry `service`'s name. The
     /// services of a process share one connection, each with a handle of its own.
-    pub fn for_service(&self, service: &str) -> Broker {
-        Broker {
-            service: service.into(),
-            ..self.clone()
-        }
+    pub fn for_service(mut self, service: &str) -> Broker {
+        self.service = service.into();
+        self
     }
 
     /// True when this process was connected and is not any more: an outage it lives

@@ -70,7 +70,7 @@ pub fn spawn(name: &'static str, db: Db, broker: Broker, parts: Vec<Part>) -> Ru
     let readiness = Readiness {
         name,
         db: db.clone(),
-        broker: broker.clone(),
+        broker,
         counts: Vec::new(),
     };
     let task = tokio::spawn(async move {
