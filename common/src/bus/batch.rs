@@ -22,7 +22,9 @@ use futures::{FutureExt, StreamExt};
 use lapin::{Acker, Connection, options::BasicAckOptions};
 use tokio_util::task::TaskTracker;
 
-use super::consume::{on_each_connection, process_alone, process_span, subscribe, unsubscribe};
+use super::consume::{
+    on_each_connection, process_alone, process_span, settled, subscribe, unsubscribe,
+};
 use super::{Broker, Handler, HandlerError, Incoming, lost};
 use crate::{metrics::ConsumerMetrics, room::Room, shutdown::Shutdown, telemetry, topology};
 
@@ -202,12 +204,14 @@ impl<H: BatchHandler> Batches<'_, H> {
                 self.counters.ok.inc_by(msgs.len() as u64);
                 let acked = if apart.load(Ordering::SeqCst) == 0 {
                     let last = ackers.last().expect("a batch is never empty");
-                    last.ack(BasicAckOptions { multiple: true })
+                    settled(last.ack(BasicAckOptions { multiple: true }))
                         .await
                         .map(|_| ())
                 } else {
                     futures::future::try_join_all(
-                        ackers.iter().map(|a| a.ack(BasicAckOptions::default())),
+                        ackers
+                            .iter()
+                            .map(|a| settled(a.ack(BasicAckOptions::default()))),
                     )
                     .await
                     .map(|_| ())

@@ -309,7 +309,7 @@ pub(super) async fn process_alone<H: Handler>(
         let error = match outcome {
             Ok(()) => {
                 counters.ok.inc();
-                if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                if let Err(e) = settled(acker.ack(BasicAckOptions::default())).await {
                     tracing::warn!(queue, error = %e, "ack failed; the message will be redelivered and deduplicated");
                 }
                 return;
@@ -331,7 +331,7 @@ pub(super) async fn process_alone<H: Handler>(
                 // A permanent failure was logged in the message's span (see `Traced`).
                 tracing::error!(queue, id = %msg.message_id, attempts, error = %format!("{e:#}"), "still failing after the bounded retries; rejecting the message to the dead-letter store");
             }
-            let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+            let _ = settled(acker.reject(BasicRejectOptions { requeue: false })).await;
             return;
         }
         counters.transient.inc();
@@ -373,10 +373,29 @@ async fn attempt<H: Handler>(
 
 /// Gives the message back to its queue.
 async fn requeue(acker: &lapin::Acker) {
-    let _ = acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    let _ = settled(acker.nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }))
+    .await;
 }
+
+/// The longest an ack, a nack or a reject may wait for the client to take it. It is a frame
+/// written to the socket, normally in microseconds; but one asked for while the connection
+/// dies may never be answered, and the consumer waiting on it would neither take the next
+/// connection nor drain. Past this it counts as failed: the broker redelivers what it did
+/// not see settled, and the inbox drops the duplicate.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `settle` (an ack, nack or reject), bounded by [`SETTLE_TIMEOUT`].
+pub(super) async fn settled(
+    settle: impl Future<Output = lapin::Result<bool>>,
+) -> anyhow::Result<bool> {
+    match tokio::time::timeout(SETTLE_TIMEOUT, settle).await {
+        Ok(settled) => Ok(settled?),
+        Err(_) => anyhow::bail!("not taken within {SETTLE_TIMEOUT:?} (the connection is failing)"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
